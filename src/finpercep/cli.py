@@ -1,0 +1,129 @@
+"""``finpercep`` command line. Every subcommand only parses options and calls the public Python API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from .config import add_arguments, from_args
+from .errors import FinPercepError
+
+log = logging.getLogger("finpercep")
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def _add_data_build(sub: argparse._SubParsersAction) -> None:
+    from .data.degradation import DegradationConfig
+    from .data.gtmap import GTMapConfig
+    from .data.masks import MaskConfig
+    from .data.synthesis import SynthesisConfig
+
+    p = sub.add_parser("build", help="synthesise an FGR dataset (region swaps + M_gt + ranking chains)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(p, SynthesisConfig, skip=("degradation", "mask", "gtmap"))
+    add_arguments(p, DegradationConfig, prefix="deg_", skip=("scale",))
+    add_arguments(p, MaskConfig, prefix="mask_")
+    add_arguments(p, GTMapConfig, prefix="map_")
+    p.set_defaults(func=_cmd_data_build)
+
+
+def synthesis_config_from_args(ns: argparse.Namespace):  # noqa: ANN201
+    from .data.degradation import DegradationConfig
+    from .data.gtmap import GTMapConfig
+    from .data.masks import MaskConfig
+    from .data.synthesis import SynthesisConfig
+
+    scale = getattr(ns, "scale", 4)
+    return from_args(
+        SynthesisConfig, ns,
+        degradation=from_args(DegradationConfig, ns, prefix="deg_", scale=scale),
+        mask=from_args(MaskConfig, ns, prefix="mask_"),
+        gtmap=from_args(GTMapConfig, ns, prefix="map_"),
+    )
+
+
+def _cmd_data_build(ns: argparse.Namespace) -> None:
+    from .data.synthesis import build, dataset_summary
+
+    manifest = build(synthesis_config_from_args(ns), progress=not ns.quiet)
+    s = dataset_summary(manifest)
+    _out(f"{manifest}: {s['samples']} samples in {s['groups']} groups from {', '.join(s['sr_models'])}")
+
+
+def _cmd_data_merge(ns: argparse.Namespace) -> None:
+    from .data.manifest import merge
+
+    n = merge(ns.shards, ns.out)
+    _out(f"{ns.out}/manifest.jsonl: {n} samples merged from {len(ns.shards)} shards")
+
+
+def _cmd_data_show(ns: argparse.Namespace) -> None:
+    from .data.show import contact_sheet
+
+    _out(str(contact_sheet(ns.dataset, ns.out, num=ns.num, seed=ns.seed)))
+
+
+def _cmd_data_models(ns: argparse.Namespace) -> None:
+    from .sr import SR_MODELS
+
+    for spec in SR_MODELS:
+        _out(f"{spec.name:28s} x{spec.scale}  {spec.kind:6s} {'weak ' if spec.weak else ''}{spec.description}")
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="FGR dataset synthesis and inspection")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    _add_data_build(dsub)
+    m = dsub.add_parser("merge", help="join the manifests of several shards into one dataset folder")
+    m.add_argument("shards", nargs="+", help="shard dataset folders")
+    m.add_argument("--out", required=True, help="merged dataset folder")
+    m.set_defaults(func=_cmd_data_merge)
+    s = dsub.add_parser("show", help="contact sheet GT | SR | swap | mask | M_gt")
+    s.add_argument("dataset", help="dataset folder")
+    s.add_argument("--out", required=True, help="PNG file to write")
+    s.add_argument("--num", type=int, default=6, help="number of samples (rows)")
+    s.add_argument("--seed", type=int, default=0, help="which samples to pick")
+    s.set_defaults(func=_cmd_data_show)
+    ls = dsub.add_parser("models", help="list the SR sources")
+    ls.set_defaults(func=_cmd_data_models)
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+ADDERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_data,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finpercep", description=__doc__)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for add in ADDERS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        ns.func(ns)
+    except FinPercepError as exc:
+        sys.stderr.write(f"finpercep: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("finpercep: interrupted; finished work is kept, re-run the same command to resume\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

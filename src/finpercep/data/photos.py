@@ -1,0 +1,114 @@
+"""HR photo sources: any folder of images, or the colour photos that scikit-image ships."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import FinPercepError, ImageError
+from ..io import list_images, load_image
+
+log = logging.getLogger(__name__)
+
+
+def _skimage_loader(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import skimage.data
+
+        if name.startswith("motorcycle_"):
+            left, right, _ = skimage.data.stereo_motorcycle()
+            arr = left if name.endswith("left") else right
+        else:
+            arr = getattr(skimage.data, name)()
+        return np.ascontiguousarray(arr.astype(np.float32) / 255.0)
+
+    return load
+
+
+# name -> (height, width): the colour photographs bundled with scikit-image (no download needed).
+EMBEDDED_PHOTOS: dict[str, tuple[int, int]] = {
+    "astronaut": (512, 512),
+    "chelsea": (300, 451),
+    "coffee": (400, 600),
+    "hubble_deep_field": (872, 1000),
+    "immunohistochemistry": (512, 512),
+    "motorcycle_left": (500, 741),
+    "motorcycle_right": (500, 741),
+    "retina": (1411, 1411),
+    "rocket": (427, 640),
+}
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One HR photo: a stable ``name`` (embedded name or path relative to its root) and its size."""
+
+    name: str
+    size: tuple[int, int]
+    path: Path | None = None
+
+    def load(self) -> np.ndarray:
+        if self.path is None:
+            return _skimage_loader(self.name)()
+        return load_image(self.path)
+
+
+def embedded_photos(names: Sequence[str] | None = None) -> list[Photo]:
+    names = list(EMBEDDED_PHOTOS) if names is None else list(names)
+    unknown = [n for n in names if n not in EMBEDDED_PHOTOS]
+    if unknown:
+        raise FinPercepError(f"unknown embedded photos {unknown}; available: {sorted(EMBEDDED_PHOTOS)}")
+    return [Photo(n, EMBEDDED_PHOTOS[n]) for n in names]
+
+
+def _read_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception as exc:
+        raise ImageError(path, f"not a readable image: {exc}") from None
+    return h, w
+
+
+def folder_photos(roots: Sequence[str | Path]) -> list[Photo]:
+    """Every image below the given folders (recursive), sorted; unreadable headers are skipped with a warning."""
+    photos: list[Photo] = []
+    for root in roots:
+        root = Path(root)
+        files = list_images(root)
+        if not files:
+            raise FinPercepError(f"{root}: no images found (looked for png, jpg, webp, tif, bmp)")
+        base = root if root.is_dir() else root.parent
+        for f in files:
+            try:
+                size = _read_size(f)
+            except ImageError as exc:
+                log.warning("skipping %s", exc)
+                continue
+            photos.append(Photo(f.relative_to(base).as_posix(), size, f))
+    return photos
+
+
+def usable_photos(photos: Sequence[Photo], crop: int) -> list[Photo]:
+    """Photos at least ``crop`` pixels on each side; smaller ones are skipped with a warning naming them."""
+    keep = []
+    for p in photos:
+        if min(p.size) < crop:
+            log.warning("skipping %s: %dx%d is smaller than the %d px crop", p.path or p.name, p.size[1], p.size[0], crop)
+        else:
+            keep.append(p)
+    if not keep:
+        raise FinPercepError(f"no photo is at least {crop}x{crop} pixels; lower --hr-size")
+    return keep
+
+
+def random_crop_box(size: tuple[int, int], crop: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    h, w = size
+    y = int(rng.integers(0, h - crop + 1))
+    x = int(rng.integers(0, w - crop + 1))
+    return y, x, crop, crop

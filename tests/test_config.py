@@ -1,0 +1,64 @@
+import argparse
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from finpercep.config import add_arguments, check, check_range, from_args, from_dict, option, to_dict
+from finpercep.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Inner:
+    """Inner config."""
+
+    p: float = option(0.5, help="a probability")
+
+    def __post_init__(self):
+        check(0 <= self.p <= 1, f"p must be in [0,1], got {self.p}")
+
+
+@dataclass(frozen=True)
+class Cfg:
+    """Test config."""
+
+    n: int = option(3, help="count")
+    mode: Literal["a", "b"] = option("a", help="mode")
+    k: Literal[2, 4] = option(4, help="scale")
+    rng: tuple[float, float] = option((0.1, 0.2), help="range")
+    names: tuple[str, ...] = option(("x",), help="names")
+    flag: bool = option(False, help="flag")
+    path: str | None = option(None, help="path")
+
+    def __post_init__(self):
+        check_range("rng", self.rng, 0.0, 1.0)
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser()
+    add_arguments(p, Cfg)
+    return from_args(Cfg, p.parse_args(argv))
+
+
+def test_cli_generated_from_dataclass():
+    assert _parse([]) == Cfg()
+    cfg = _parse(["--n", "7", "--mode", "b", "--k", "2", "--rng", "0.2", "0.3", "--names", "u", "v",
+                  "--flag", "true", "--path", "/tmp/x"])
+    assert cfg == Cfg(n=7, mode="b", k=2, rng=(0.2, 0.3), names=("u", "v"), flag=True, path="/tmp/x")
+    assert _parse(["--path", "none"]).path is None
+
+
+def test_cli_rejects_bad_choice_and_validation_runs():
+    with pytest.raises(SystemExit):
+        _parse(["--mode", "c"])
+    with pytest.raises(ConfigError, match="rng"):
+        _parse(["--rng", "0.5", "0.1"])
+
+
+def test_dict_round_trip_and_unknown_keys():
+    cfg = Cfg(names=("a", "b"))
+    assert from_dict(Cfg, to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match="unknown"):
+        from_dict(Cfg, {"nope": 1})
+    with pytest.raises(ConfigError):
+        Inner(p=2.0)
