@@ -42,8 +42,26 @@ def _parse(argv):
 
 def test_cli_generated_from_dataclass():
     assert _parse([]) == Cfg()
-    cfg = _parse(["--n", "7", "--mode", "b", "--k", "2", "--rng", "0.2", "0.3", "--names", "u", "v",
-                  "--flag", "true", "--path", "/tmp/x"])
+    cfg = _parse(
+        [
+            "--n",
+            "7",
+            "--mode",
+            "b",
+            "--k",
+            "2",
+            "--rng",
+            "0.2",
+            "0.3",
+            "--names",
+            "u",
+            "v",
+            "--flag",
+            "true",
+            "--path",
+            "/tmp/x",
+        ]
+    )
     assert cfg == Cfg(n=7, mode="b", k=2, rng=(0.2, 0.3), names=("u", "v"), flag=True, path="/tmp/x")
     assert _parse(["--path", "none"]).path is None
 

@@ -98,4 +98,8 @@ def test_list_images_recursive_sorted(tmp_path):
     (tmp_path / "b").mkdir()
     for rel in ("b/z.JPG", "a.png", "b/c.webp", "notes.txt"):
         (tmp_path / rel).write_bytes(b"x")
-    assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == ["a.png", "b/c.webp", "b/z.JPG"]
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == [
+        "a.png",
+        "b/c.webp",
+        "b/z.JPG",
+    ]

@@ -19,14 +19,18 @@ def _out(line: str) -> None:
 
 # --- data ---------------------------------------------------------------------------------------
 
+
 def _add_data_build(sub: argparse._SubParsersAction) -> None:
     from .data.degradation import DegradationConfig
     from .data.gtmap import GTMapConfig
     from .data.masks import MaskConfig
     from .data.synthesis import SynthesisConfig
 
-    p = sub.add_parser("build", help="synthesise an FGR dataset (region swaps + M_gt + ranking chains)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "build",
+        help="synthesise an FGR dataset (region swaps + M_gt + ranking chains)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_arguments(p, SynthesisConfig, skip=("degradation", "mask", "gtmap"))
     add_arguments(p, DegradationConfig, prefix="deg_", skip=("scale",))
     add_arguments(p, MaskConfig, prefix="mask_")
@@ -42,7 +46,8 @@ def synthesis_config_from_args(ns: argparse.Namespace):  # noqa: ANN201
 
     scale = getattr(ns, "scale", 4)
     return from_args(
-        SynthesisConfig, ns,
+        SynthesisConfig,
+        ns,
         degradation=from_args(DegradationConfig, ns, prefix="deg_", scale=scale),
         mask=from_args(MaskConfig, ns, prefix="mask_"),
         gtmap=from_args(GTMapConfig, ns, prefix="map_"),
@@ -74,7 +79,9 @@ def _cmd_data_models(ns: argparse.Namespace) -> None:
     from .sr import SR_MODELS
 
     for spec in SR_MODELS:
-        _out(f"{spec.name:28s} x{spec.scale}  {spec.kind:6s} {'weak ' if spec.weak else ''}{spec.description}")
+        _out(
+            f"{spec.name:28s} x{spec.scale}  {spec.kind:6s} {'weak ' if spec.weak else ''}{spec.description}"
+        )
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -95,9 +102,33 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     ls.set_defaults(func=_cmd_data_models)
 
 
+# --- demo ---------------------------------------------------------------------------------------
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from .demo import DemoConfig
+
+    p = sub.add_parser(
+        "demo",
+        help="the main job end to end on scikit-image's photos",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_arguments(p, DemoConfig)
+    p.add_argument(
+        "--quick", dest="preset", action="store_const", const="quick", help="same as --preset quick"
+    )
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(ns: argparse.Namespace) -> None:
+    from .demo import DemoConfig, run_demo
+
+    _out(str(run_demo(from_args(DemoConfig, ns), progress=not ns.quiet)))
+
+
 # --- main ---------------------------------------------------------------------------------------
 
-ADDERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_data,)
+ADDERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_data, _add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,8 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.WARNING if ns.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         ns.func(ns)
     except FinPercepError as exc:

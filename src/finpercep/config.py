@@ -61,10 +61,14 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, *, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser, cls: type, *, prefix: str = "", skip: tuple[str, ...] = ()
+) -> None:
     """Add one ``--option`` per field of dataclass ``cls`` (defaults are left to the dataclass)."""
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None)
+    group = parser.add_argument_group(
+        cls.__name__, (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None
+    )
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
             continue
@@ -118,7 +122,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], d: dict[str, Any]) -> T:
-    """Inverse of :func:`to_dict` for flat dataclasses and nested dataclass fields; unknown keys are errors."""
+    """Inverse of :func:`to_dict` (nested dataclass fields included); unknown keys are errors."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(d) - names

@@ -94,9 +94,7 @@ def _read_tiff_fallback(path: Path) -> np.ndarray | None:
     return arr if arr.ndim in (2, 3) else None
 
 
-def load_image(
-    path: str | Path, *, min_size: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> np.ndarray:
+def load_image(path: str | Path, *, min_size: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as float32 RGB ``(H, W, 3)`` in [0, 1].
 
     Raises :class:`ImageError` naming the file for missing, corrupt, truncated, too small or
@@ -130,7 +128,9 @@ def load_image(
     except Exception as exc:  # PIL raises many types for bad files
         arr = _read_tiff_fallback(path)
         if arr is None:
-            raise ImageError(path, f"not a readable image (corrupt, truncated or unsupported): {exc}") from None
+            raise ImageError(
+                path, f"not a readable image (corrupt, truncated or unsupported): {exc}"
+            ) from None
         h, w = arr.shape[:2]
         if h * w > max_pixels:
             raise ImageError(path, f"image is too large ({w}x{h} > {max_pixels} pixels)") from None

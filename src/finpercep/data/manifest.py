@@ -88,10 +88,14 @@ def merge(sources: Sequence[str | Path], out: str | Path) -> int:
         comparable = {k: v for k, v in cfg.items() if k not in ("shard_index", "workers", "out")}
         if ref_cfg is None:
             ref_cfg = comparable
-            atomic_write_text(out / BUILD_CONFIG, json.dumps({**cfg, "shard_index": None}, indent=2, sort_keys=True))
+            atomic_write_text(
+                out / BUILD_CONFIG, json.dumps({**cfg, "shard_index": None}, indent=2, sort_keys=True)
+            )
         elif comparable != ref_cfg:
             diff = sorted(k for k in set(comparable) | set(ref_cfg) if comparable.get(k) != ref_cfg.get(k))
-            raise FinPercepError(f"{src}: built with a different configuration ({', '.join(diff)}) than {sources[0]}")
+            raise FinPercepError(
+                f"{src}: built with a different configuration ({', '.join(diff)}) than {sources[0]}"
+            )
         for row in read_manifest(src):
             prev = merged.get(row["id"])
             if prev is not None and prev != row:

@@ -76,7 +76,7 @@ def _read_size(path: Path) -> tuple[int, int]:
 
 
 def folder_photos(roots: Sequence[str | Path]) -> list[Photo]:
-    """Every image below the given folders (recursive), sorted; unreadable headers are skipped with a warning."""
+    """Every image below the given folders (recursive), sorted; unreadable headers are skipped."""
     photos: list[Photo] = []
     for root in roots:
         root = Path(root)
@@ -99,7 +99,13 @@ def usable_photos(photos: Sequence[Photo], crop: int) -> list[Photo]:
     keep = []
     for p in photos:
         if min(p.size) < crop:
-            log.warning("skipping %s: %dx%d is smaller than the %d px crop", p.path or p.name, p.size[1], p.size[0], crop)
+            log.warning(
+                "skipping %s: %dx%d is smaller than the %d px crop",
+                p.path or p.name,
+                p.size[1],
+                p.size[0],
+                crop,
+            )
         else:
             keep.append(p)
     if not keep:

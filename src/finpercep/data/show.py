@@ -25,7 +25,9 @@ def contact_sheet(dataset: str | Path, out: str | Path, *, num: int = 6, seed: i
     picks = [rows[i] for i in sorted(rng.choice(len(rows), size=min(num, len(rows)), replace=False))]
     sr_of = {(r["group"], r["sr_model"]): r for r in read_manifest(dataset) if r["role"] == "sr"}
     cols = ("GT", "SR", "swap", "mask", "M_gt")
-    fig, axes = plt.subplots(len(picks), len(cols), figsize=(2.2 * len(cols), 2.3 * len(picks)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(picks), len(cols), figsize=(2.2 * len(cols), 2.3 * len(picks)), squeeze=False
+    )
     for i, r in enumerate(picks):
         sr = sr_of.get((r["group"], r["sr_model"]))
         panels = [
@@ -44,7 +46,9 @@ def contact_sheet(dataset: str | Path, out: str | Path, *, num: int = 6, seed: i
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(cols[j], fontsize=10)
-        axes[i][0].set_ylabel(f"{r['sr_model']}\n{r['role']} {r['mask_kind']}\narea {r['defect_area']:.2f}", fontsize=7)
+        axes[i][0].set_ylabel(
+            f"{r['sr_model']}\n{r['role']} {r['mask_kind']}\narea {r['defect_area']:.2f}", fontsize=7
+        )
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

