@@ -124,11 +124,13 @@ class _Worker:
     """Per-process state: SR models, feature extractor and a small photo cache."""
 
     def __init__(self, cfg: SynthesisConfig, out: Path) -> None:
+        import cv2
         import torch
 
         from .features import get_feature_extractor
 
         torch.set_num_threads(1)
+        cv2.setNumThreads(1)
         self.cfg = cfg
         self.out = out
         self.sources = _sr_sources(cfg)
