@@ -199,3 +199,13 @@ def test_config_validation():
         SynthesisConfig(sr_folders=("nodir",))
     with pytest.raises(ConfigError):
         SynthesisConfig(shard_index=2, num_shards=2)
+
+
+def test_changing_num_extends_or_truncates_the_same_dataset(small_build, tmp_path):
+    out = tmp_path / "grow"
+    build(_cfg(out, num=2), progress=False)
+    two = (out / "manifest.jsonl").read_bytes()
+    build(_cfg(out, num=3), progress=False)
+    assert _files(out) == _files(small_build)
+    build(_cfg(out, num=2), progress=False)
+    assert (out / "manifest.jsonl").read_bytes() == two

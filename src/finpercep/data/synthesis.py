@@ -305,7 +305,7 @@ def _check_or_write_config(cfg: SynthesisConfig, out: Path) -> None:
     path = out / BUILD_CONFIG
     if path.is_file():
         saved = json.loads(path.read_text())
-        ignore = ("workers", "out", "sr_threads")
+        ignore = ("workers", "out", "sr_threads", "num")
         diff = sorted(
             k for k in set(saved) | set(current) if k not in ignore and saved.get(k) != current.get(k)
         )
@@ -318,15 +318,23 @@ def _check_or_write_config(cfg: SynthesisConfig, out: Path) -> None:
 
 
 def _pending(cfg: SynthesisConfig, out: Path, photos: list[Photo]) -> Iterator[tuple[int, Photo]]:
-    for index in range(cfg.shard_index, cfg.num, cfg.num_shards):
+    for index in _shard_indices(cfg):
         if not (out / "records" / f"c{index:06d}.json").is_file():
             yield index, photos[index % len(photos)]
 
 
-def collect_records(out: Path) -> tuple[list[dict[str, Any]], list[str]]:
+def _shard_indices(cfg: SynthesisConfig) -> range:
+    return range(cfg.shard_index, cfg.num, cfg.num_shards)
+
+
+def collect_records(cfg: SynthesisConfig, out: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Samples and bad-input errors of this shard's finished groups (indices below ``num`` only)."""
     samples: list[dict[str, Any]] = []
     errors: list[str] = []
-    for rec in sorted((out / "records").glob("c*.json")):
+    for index in _shard_indices(cfg):
+        rec = out / "records" / f"c{index:06d}.json"
+        if not rec.is_file():
+            continue
         data = json.loads(rec.read_text())
         if "error" in data:
             errors.append(data["error"])
@@ -342,19 +350,20 @@ def build(cfg: SynthesisConfig, *, progress: bool = True) -> Path:
     _check_or_write_config(cfg, out)
     photos = _photos(cfg)
     tasks = list(_pending(cfg, out, photos))
-    total = len(range(cfg.shard_index, cfg.num, cfg.num_shards))
+    total = len(_shard_indices(cfg))
     log.info("%d of %d groups to build in %s (%d photos)", len(tasks), total, out, len(photos))
     bar = tqdm(total=total, initial=total - len(tasks), desc="synthesis", unit="group", disable=not progress)
     cfg_json = config_to_json(cfg)
+    pool = None
     try:
         if cfg.workers == 1 or len(tasks) <= 1:
             if tasks:
                 _init_worker(cfg_json, str(out))
             results: Iterator[Any] = map(_run_group, tasks)
-            pool = None
         else:
+            workers = min(cfg.workers, len(tasks))
             pool = mp.get_context("spawn").Pool(
-                min(cfg.workers, len(tasks)), initializer=_init_worker, initargs=(cfg_json, str(out))
+                workers, initializer=_init_worker, initargs=(cfg_json, str(out))
             )
             results = pool.imap_unordered(_run_group, tasks)
         for _index, _rows, err in results:
@@ -365,8 +374,10 @@ def build(cfg: SynthesisConfig, *, progress: bool = True) -> Path:
             pool.close()
             pool.join()
     finally:
+        if pool is not None:
+            pool.terminate()
         bar.close()
-    samples, errors = collect_records(out)
+    samples, errors = collect_records(cfg, out)
     n = write_manifest(out / MANIFEST, samples)
     log.info("wrote %s: %d samples, %d groups skipped for bad input", out / MANIFEST, n, len(errors))
     return out / MANIFEST
