@@ -178,7 +178,7 @@ def test_parse_param_reads_architecture_and_blobs(tmp_path: Path) -> None:
     anime = parse_param(package_model_files(*ANIME)[0])
     # SRVGGNetCompact: conv+PReLU, 16 x (conv+PReLU), conv to 3*4*4 channels, PixelShuffle(4), nearest skip
     assert anime.count("Convolution") == 18 and anime.count("PReLU") == 17
-    assert anime.layers[-4].param("0") == "48" and anime.count("PixelShuffle") == 1
+    assert anime.layers[-4].get_int(0) == 48 and anime.count("PixelShuffle") == 1
 
     bad = tmp_path / "two_outputs.param"
     bad.write_text("7767517\n3 3\nInput in 0 1 a\nSplit s 1 2 a b c\nNoop n 1 0 b\n")
@@ -189,7 +189,7 @@ def test_parse_param_reads_architecture_and_blobs(tmp_path: Path) -> None:
     with pytest.raises(FinPercepError, match="one input and one output"):
         parse_param(bad)
     bad.write_text("not a param\n")
-    with pytest.raises(FinPercepError, match="magic"):
+    with pytest.raises(FinPercepError, match="not a text ncnn param file"):
         parse_param(bad)
 
 

@@ -29,27 +29,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import FinPercepError
+from ..gen.ncnn_weights import NcnnLayer, read_ncnn_param
 
 log = logging.getLogger(__name__)
 
-_PARAM_MAGIC = "7767517"
 
 # pid of the process that last ran ncnn with more than one OpenMP thread (inherited across fork)
 _multithread_pid: int | None = None
-
-
-@dataclass(frozen=True)
-class NcnnLayer:
-    """One layer line of an ncnn ``.param`` file; ``params`` keeps the raw ``key=value`` strings."""
-
-    type: str
-    name: str
-    bottoms: tuple[str, ...]
-    tops: tuple[str, ...]
-    params: tuple[tuple[str, str], ...]
-
-    def param(self, key: str, default: str | None = None) -> str | None:
-        return dict(self.params).get(key, default)
 
 
 @dataclass(frozen=True)
@@ -65,39 +51,12 @@ class NcnnGraph:
 
 
 def parse_param(path: str | Path) -> NcnnGraph:
-    """Parse a text ncnn ``.param`` file.
+    """Parse a text ncnn ``.param`` file (``gen.ncnn_weights.read_ncnn_param``) and find its blobs.
 
     The input blob is the top of the single ``Input`` layer; the output blob is the single blob that is
     produced but never consumed.
     """
-    path = Path(path)
-    try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FinPercepError(f"{path}: cannot read ncnn param file: {exc}") from None
-    if len(lines) < 2 or lines[0] != _PARAM_MAGIC:
-        raise FinPercepError(f"{path}: not a text ncnn param file (missing magic {_PARAM_MAGIC})")
-    try:
-        n_layers = int(lines[1].split()[0])
-    except (ValueError, IndexError):
-        raise FinPercepError(f"{path}: malformed layer/blob count line {lines[1]!r}") from None
-    layers: list[NcnnLayer] = []
-    for lineno, line in enumerate(lines[2:], start=3):
-        tok = line.split()
-        try:
-            n_bottom, n_top = int(tok[2]), int(tok[3])
-            bottoms = tuple(tok[4 : 4 + n_bottom])
-            tops = tuple(tok[4 + n_bottom : 4 + n_bottom + n_top])
-            if len(bottoms) != n_bottom or len(tops) != n_top:
-                raise ValueError
-            params = tuple(tuple(kv.split("=", 1)) for kv in tok[4 + n_bottom + n_top :])
-            if any(len(kv) != 2 for kv in params):
-                raise ValueError
-        except (ValueError, IndexError):
-            raise FinPercepError(f"{path}:{lineno}: malformed layer line {line[:80]!r}") from None
-        layers.append(NcnnLayer(tok[0], tok[1], bottoms, tops, params))  # type: ignore[arg-type]
-    if len(layers) != n_layers:
-        raise FinPercepError(f"{path}: header says {n_layers} layers, found {len(layers)}")
+    layers = read_ncnn_param(path)
     inputs = [top for layer in layers if layer.type == "Input" for top in layer.tops]
     consumed = {b for layer in layers for b in layer.bottoms}
     outputs = [t for layer in layers for t in layer.tops if t not in consumed]
