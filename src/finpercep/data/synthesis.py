@@ -148,10 +148,11 @@ class _Worker:
         self._photo_cache: dict[str, np.ndarray] = {}
 
     def photo(self, p: Photo) -> np.ndarray:
+        """The photo as uint8 (crops are quantised to 8 bits anyway); the last 16 are kept."""
         if p.name not in self._photo_cache:
-            if len(self._photo_cache) >= 4:
+            if len(self._photo_cache) >= 16:
                 self._photo_cache.pop(next(iter(self._photo_cache)))
-            self._photo_cache[p.name] = p.load()
+            self._photo_cache[p.name] = to_uint8(p.load())
         return self._photo_cache[p.name]
 
     def super_resolve(
@@ -206,7 +207,7 @@ class _Worker:
             raise ImageError(
                 photo.path or photo.name, f"size changed since the scan: {full.shape[:2]} vs {photo.size}"
             )
-        gt8 = to_uint8(full[y : y + ch, x : x + cw])
+        gt8 = np.ascontiguousarray(full[y : y + ch, x : x + cw])
         gt = gt8.astype(np.float32) / 255.0
         lr8 = to_uint8(degrade(gt, cfg.degradation, rng))
         base: dict[str, Any] = {
