@@ -102,6 +102,80 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     ls.set_defaults(func=_cmd_data_models)
 
 
+# --- rm / score -----------------------------------------------------------------------------------
+
+
+def _add_rm(sub: argparse._SubParsersAction) -> None:
+    from .rm.model import RMConfig
+    from .rm.train import RMTrainConfig
+
+    p = sub.add_parser("rm", help="FinPercep-RM reward model")
+    rsub = p.add_subparsers(dest="rm_cmd", required=True)
+    t = rsub.add_parser(
+        "train",
+        help="train RM_0, then grow and train RM_1 ... RM_N (resumes if --out exists)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_arguments(t, RMTrainConfig)
+    add_arguments(t, RMConfig, prefix="model_", skip=("stage",))
+    t.set_defaults(func=_cmd_rm_train)
+
+    s = sub.add_parser("score", help="score images with FinPercep-RM: JSONL, heatmap overlays, HTML page")
+    s.add_argument("paths", nargs="+", help="images or folders")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--checkpoint", default=None, help="reward model folder (default: the packaged one)")
+    s.add_argument("--stage", type=int, default=None, help="stage RM_k (default: the highest)")
+    s.add_argument("--batch-size", type=int, default=8, help="images per batch")
+    s.add_argument("--tile", type=int, default=512, help="tile size for large images")
+    s.set_defaults(func=_cmd_score)
+
+
+def _cmd_rm_train(ns: argparse.Namespace) -> None:
+    from .rm.model import RMConfig
+    from .rm.train import RMTrainConfig, train
+
+    _out(str(train(from_args(RMTrainConfig, ns), from_args(RMConfig, ns, prefix="model_"))))
+
+
+def _cmd_score(ns: argparse.Namespace) -> None:
+    from .rm.score import score_paths
+
+    _out(
+        str(
+            score_paths(
+                ns.paths,
+                ns.out,
+                ns.checkpoint,
+                ns.stage,
+                batch_size=ns.batch_size,
+                tile=ns.tile,
+                progress=not ns.quiet,
+            )
+        )
+    )
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from .eval.cli import add_eval
+
+    add_eval(sub)
+
+
+def _add_experiment(sub: argparse._SubParsersAction) -> None:
+    from .experiment.cli import add_experiment
+
+    add_experiment(sub)
+
+
+# --- rl -----------------------------------------------------------------------------------------
+
+
+def _add_rl(sub: argparse._SubParsersAction) -> None:
+    from .rl.cli import add_rl
+
+    add_rl(sub)
+
+
 # --- demo ---------------------------------------------------------------------------------------
 
 
@@ -128,7 +202,14 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
 
 # --- main ---------------------------------------------------------------------------------------
 
-ADDERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_data, _add_demo)
+ADDERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_data,
+    _add_rm,
+    _add_rl,
+    _add_eval,
+    _add_experiment,
+    _add_demo,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,140 @@
+"""Reward-model speed and memory: images/s at 256x256 for RM_0 and RM_N, decoder overhead, peak memory.
+
+    python benchmarks/bench_rm.py                      # default small CNN and a CLIP-RN50-sized encoder
+    python benchmarks/bench_rm.py --threads 1 --batch 8 --iters 5 --json out.json
+
+Each (encoder, stage, mode) runs in its own subprocess so the peak-memory numbers do not mix. Modes:
+``infer`` (no grad) and ``reward`` (forward + backward to the input, as when the model is a loss).
+CLIP RN50 uses random weights (timing only). Peak memory is the growth of the process's peak RSS
+during the timed loop on CPU (``torch.cuda.max_memory_allocated`` on GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def run_one(
+    encoder: str, stage: str, mode: str, batch: int, size: int, iters: int, threads: int, device: str
+) -> dict:
+    import torch
+
+    from finpercep.rm import RewardModel, RMConfig
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = RMConfig(encoder=encoder)
+    model = RewardModel(cfg).to(device).eval()
+    n_levels = model.num_levels
+    if stage == "0":
+        model = RewardModel(RMConfig(encoder=encoder, stage=0)).to(device).eval()
+    params = sum(p.numel() for p in model.parameters())
+    x = torch.rand(batch, 3, size, size, device=device)
+
+    def step() -> None:
+        if mode == "infer":
+            with torch.no_grad():
+                model(x)
+        else:
+            xi = x.clone().requires_grad_(True)
+            model(xi).score.sum().backward()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter
+    before = _rss_kib("VmRSS")
+    step()  # warm-up (its allocations count towards the peak)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    dt = time.perf_counter() - t0
+    if device.startswith("cuda"):
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mib = max(0, _rss_kib("VmHWM") - before) / 1024
+    return {
+        "encoder": encoder,
+        "stage": stage,
+        "levels": n_levels,
+        "mode": mode,
+        "params": params,
+        "images_per_s": batch * iters / dt,
+        "ms_per_image": 1000 * dt / (batch * iters),
+        "peak_mib": peak_mib,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--encoders", nargs="+", default=["small_cnn", "clip_rn50"])
+    p.add_argument("--modes", nargs="+", default=["infer", "reward"])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--one", nargs=3, metavar=("ENCODER", "STAGE", "MODE"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one:
+        print(json.dumps(run_one(*a.one, a.batch, a.size, a.iters, a.threads, a.device)))
+        return
+    results = []
+    for enc in a.encoders:
+        for mode in a.modes:
+            for stage in ("0", "N"):
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    enc,
+                    stage,
+                    mode,
+                    "--batch",
+                    str(a.batch),
+                    "--size",
+                    str(a.size),
+                    "--iters",
+                    str(a.iters),
+                    "--threads",
+                    str(a.threads),
+                    "--device",
+                    a.device,
+                ]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                results.append(json.loads(out.strip().splitlines()[-1]))
+                r = results[-1]
+                print(
+                    f"{enc:10s} RM_{stage if stage == '0' else r['levels']} {mode:6s} "
+                    f"{r['images_per_s']:8.2f} img/s  {r['ms_per_image']:8.1f} ms/img  "
+                    f"peak +{r['peak_mib']:7.1f} MiB  {r['params'] / 1e6:6.2f} M params",
+                    flush=True,
+                )
+    print(f"\nbatch {a.batch}, {a.size}x{a.size}, threads {a.threads or 'default'}, device {a.device}")
+    for enc in a.encoders:
+        for mode in a.modes:
+            r0 = next(r for r in results if r["encoder"] == enc and r["mode"] == mode and r["stage"] == "0")
+            rn = next(r for r in results if r["encoder"] == enc and r["mode"] == mode and r["stage"] == "N")
+            ratio = r0["images_per_s"] / rn["images_per_s"]
+            print(f"{enc:10s} {mode:6s} decoder overhead RM_N/RM_0 = {ratio:.3f}x")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

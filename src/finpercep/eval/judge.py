@@ -1,0 +1,84 @@
+"""The held-out judge: a reward model trained on other photos with another seed, used only to evaluate.
+
+A generator fine-tuned against a reward can learn to please that reward (reward hacking), so its score
+after RL says little. The judge is a second FinPercep-RM that no RL run ever trains against: its FGR data
+come from photos the training reward model does not train on (by default the three embedded photos the
+reward model only validates on) and from another seed, and it is trained with another seed. Its score of
+an output is an independent, if imperfect, opinion: it shares the architecture and kind of training data
+of the training reward, so blind spots they have in common are not caught.
+
+:func:`build_judge` synthesises the judge's FGR data and trains it, both resumable::
+
+    OUT/photos/   the judge's HR photos (PNG)      OUT/data/   its FGR dataset
+    OUT/rm/       its reward-model training folder (pass this to --judge)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import check, option
+from ..data.photos import EMBEDDED_PHOTOS, embedded_photos
+from ..io import save_png
+
+logger = logging.getLogger(__name__)
+
+JUDGE_PHOTOS: tuple[str, ...] = ("coffee", "motorcycle_left", "motorcycle_right")
+"""The embedded photos the default reward model holds out for validation (``val_sources``)."""
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Data synthesis and training of a held-out judge reward model."""
+
+    out: str = option("runs/judge", help="output folder (the trained judge is OUT/rm)")
+    photos: tuple[str, ...] = option(JUDGE_PHOTOS, help="embedded photos the judge's data are cut from")
+    hr_folders: tuple[str, ...] = option((), help="use these HR photo folders instead of embedded photos")
+    num: int = option(36, help="GT crops (groups) of the judge's FGR dataset")
+    sr_models: tuple[str, ...] = option(
+        ("realesrgan-x4plus", "realsr-df2k", "realesrgan-animevideov3", "bicubic"), help="SR sources"
+    )
+    val_sources: tuple[str, ...] = option(("motorcycle_right*",), help="photos it validates on (fnmatch)")
+    stages: int = option(4, help="judge stages RM_0 ... RM_stages (its score is that of the last)")
+    epochs: tuple[int, ...] = option((3,), help="epochs per stage")
+    seed: int = option(1, help="seed of the data and the training (use one the training reward does not)")
+    workers: int = option(1, help="data synthesis processes")
+    threads: int = option(0, help="torch threads (0 = default)")
+    progress: bool = option(True, help="progress bars")
+    curves: bool = option(True, help="draw the judge's training curves after every stage")
+
+    def __post_init__(self) -> None:
+        check(self.num >= 2, "num must be >= 2")
+        check(bool(self.hr_folders) or len(self.photos) >= 2, "the judge needs at least two photos")
+        for name in self.photos:
+            check(name in EMBEDDED_PHOTOS, f"unknown embedded photo {name!r}; see {sorted(EMBEDDED_PHOTOS)}")
+
+
+def build_judge(cfg: JudgeConfig) -> Path:
+    """Synthesise the judge's FGR data and train it; returns its reward-model folder (``OUT/rm``)."""
+    from ..data.synthesis import SynthesisConfig, build
+    from ..rm.train import RMTrainConfig, train
+
+    out = Path(cfg.out)
+    if cfg.hr_folders:
+        hr = cfg.hr_folders
+    else:
+        folder = out / "photos"
+        for photo in embedded_photos(cfg.photos):
+            if not (folder / f"{photo.name}.png").is_file():
+                save_png(folder / f"{photo.name}.png", photo.load())
+        hr = (str(folder),)
+    data = SynthesisConfig(
+        out=str(out / "data"), hr=hr, num=cfg.num, sr_models=cfg.sr_models, seed=cfg.seed, workers=cfg.workers
+    )
+    build(data, progress=cfg.progress)
+    rm_cfg = RMTrainConfig(
+        data=str(out / "data"), out=str(out / "rm"), stages=cfg.stages, epochs=cfg.epochs, seed=cfg.seed,
+        val_sources=cfg.val_sources, threads=cfg.threads, device="cpu", progress=cfg.progress,
+        curves="stage" if cfg.curves else "off",
+    )
+    train(rm_cfg)
+    logger.info("judge: %s", out / "rm")
+    return out / "rm"

@@ -1,0 +1,76 @@
+"""RL fine-tuning of Real-ISR generators against a reward, with the co-evolutionary curriculum (CCL).
+
+Entry points: :func:`train` with an :class:`RLConfig` (``finpercep rl train`` on the command line),
+the adapter interface :class:`GeneratorAdapter` for new generator families, the reward callables of
+:mod:`.rewards` and the pure curriculum logic of :mod:`.curriculum`.
+"""
+
+from .curriculum import Curriculum, CurriculumConfig, Transition, plateau_test
+from .ema import EMA
+from .generators import (
+    GENERATOR_ENTRIES,
+    GaussianPolicy,
+    GeneratorAdapter,
+    GeneratorEntry,
+    LoadedGenerator,
+    Rollout,
+    build_adapter,
+    build_generator,
+    export_generator,
+    frozen_copy,
+    generator_names,
+    load_exported,
+    load_spandrel,
+)
+from .logs import read_log
+from .lora import LoRAConv2d, apply_lora, merge_lora
+from .losses import clipped_surrogate, gaussian_kl, gaussian_log_prob, group_advantages, grpo_loss
+from .rewards import (
+    PyIQAReward,
+    RewardFn,
+    RMScoreReward,
+    StagedRMRewards,
+    WeightedReward,
+    load_reward,
+    parse_weighted_spec,
+)
+from .train import RLConfig, train
+
+__all__ = [
+    "EMA",
+    "GENERATOR_ENTRIES",
+    "Curriculum",
+    "CurriculumConfig",
+    "GaussianPolicy",
+    "GeneratorAdapter",
+    "GeneratorEntry",
+    "LoRAConv2d",
+    "LoadedGenerator",
+    "PyIQAReward",
+    "RLConfig",
+    "RMScoreReward",
+    "RewardFn",
+    "Rollout",
+    "StagedRMRewards",
+    "Transition",
+    "WeightedReward",
+    "apply_lora",
+    "build_adapter",
+    "build_generator",
+    "clipped_surrogate",
+    "export_generator",
+    "frozen_copy",
+    "gaussian_kl",
+    "gaussian_log_prob",
+    "generator_names",
+    "group_advantages",
+    "grpo_loss",
+    "load_exported",
+    "load_reward",
+    "load_spandrel",
+    "merge_lora",
+    "parse_weighted_spec",
+    "plateau_test",
+    "read_log",
+    "train",
+]

@@ -1,0 +1,616 @@
+"""RL fine-tuning of a Real-ISR generator against a reward, with the co-evolutionary curriculum (CCL).
+
+``finpercep rl train --generator NAME_OR_PATH --reward-model DIR --curriculum ccl --out DIR`` and
+``train(RLConfig(...))`` run the same code. Algorithms:
+
+* ``grpo`` -- Gaussian policy over the generator output (:class:`~.generators.GaussianPolicy`), ``G``
+  samples per LR input, group-normalised advantages, PPO-clipped ratio, exact KL to the frozen
+  reference generator;
+* ``refl`` -- back-propagate the reward of the deterministic output (ReFL / DRaFT), plus
+  ``fidelity_weight * MSE`` to the reference generator's output.
+
+Output folder::
+
+    rl_config.json          what was run (a re-run with other settings is refused)
+    state.pt                resume point (policy, optimiser, EMA, curriculum), rewritten atomically
+    log.csv  tensorboard/   one row / scalar set per step
+    curves.png              reward, reward std, KL, stage
+    transitions.json        every curriculum transition: {step, from, to, reason}
+    generator.safetensors   fine-tuned weights (LoRA merged), generator.json says how to rebuild them
+    generator_ema.*         the EMA weights, when ema_decay is set
+    preview.png summary.json
+
+Re-running the same command resumes after the last save. Every random draw derives from ``seed``, the
+step and the sample index, so a resumed run repeats the lost steps exactly, and a run is reproducible
+on the same machine and software (it is bitwise identical on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..config import check, option, to_dict
+from ..errors import FinPercepError
+from ..io import atomic_path, atomic_write_json, save_png
+from . import dist as D
+from .curriculum import Curriculum, CurriculumConfig, CurriculumKind, ScheduleKind
+from .data import DegradationKind, PairSource
+from .ema import EMA
+from .generators import GeneratorAdapter, build_adapter, export_generator, frozen_copy
+from .logs import CSV_NAME, CURVES_NAME, RunLog, plot_curves, read_log
+from .lora import apply_lora
+from .losses import clip_fraction, group_advantages, grpo_loss
+from .rewards import RewardFn, StagedRMRewards, WeightedReward, check_reward, parse_weighted_spec, reward_name
+
+logger = logging.getLogger(__name__)
+
+Algorithm = Literal["grpo", "refl"]
+STATE_NAME = "state.pt"
+CONFIG_NAME = "rl_config.json"
+TRANSITIONS_NAME = "transitions.json"
+RM_MIN_SIZE = 32
+PLOT_EVERY_S = 60.0
+_RESUME_IGNORES = {
+    "out",
+    "progress",
+    "threads",
+    "tensorboard",
+    "num_processes",
+    "device",
+    "save_every",
+    "preview",
+}
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """RL fine-tuning of an SR generator (``finpercep rl train``)."""
+
+    generator: str = option(
+        "realesrgan-animevideov3", help="registered name, exported run folder or .pth/.safetensors"
+    )
+    scale: int | None = option(
+        None, help="upscale factor; none = the generator's default (x4 for the registry)"
+    )
+    reward_model: str | None = option(
+        None,
+        help="reward-model training folder (stage_<k> sub-folders) or one model folder; none = packaged one",
+    )
+    map_penalty: float = option(0.0, help="subtract this times the mean degradation map from the RM score")
+    rm_weight: float = option(1.0, help="weight of the RM score in the reward")
+    extra_rewards: tuple[str, ...] = option(
+        (), help="more reward terms 'WEIGHT*pyiqa:NAME' or 'WEIGHT*module:function'"
+    )
+    algorithm: Algorithm = option(
+        "grpo", help="grpo (policy gradient, PPO clip, KL) or refl (reward back-propagation)"
+    )
+    curriculum: CurriculumKind = option("ccl", help="global = RM_0, full = RM_N, ccl = RM_0 -> ... -> RM_N")
+    schedule: ScheduleKind = option("fixed", help="ccl transitions: fixed steps or adaptive (reward plateau)")
+    stage_steps: tuple[int, ...] = option(
+        (), help="fixed: step at which each later stage starts; empty = even split"
+    )
+    plateau_window: int = option(20, help="adaptive: window (steps) of the plateau test")
+    plateau_tol: float = option(1.0, help="adaptive: plateau when the mean gain between windows <= tol * sd")
+    plateau_var_ratio: float = option(
+        4.0, help="adaptive: variance stable when max/min window variance <= this"
+    )
+    min_stage_steps: int = option(0, help="adaptive: minimum steps per stage (at least 2 * window)")
+    max_stage_steps: int | None = option(
+        None, help="adaptive: advance anyway after this many steps in a stage"
+    )
+    steps: int = option(500, help="optimisation steps")
+    batch_size: int = option(4, help="LR inputs per step, over all processes")
+    group_size: int = option(4, help="grpo: samples per LR input (G)")
+    ppo_epochs: int = option(1, help="grpo: optimisation passes over each batch of samples")
+    lr: float = option(1e-5, help="learning rate (AdamW)")
+    weight_decay: float = option(0.0, help="AdamW weight decay")
+    clip_eps: float = option(0.2, help="grpo: PPO ratio clip")
+    kl_coef: float = option(0.05, help="grpo: weight of the KL to the reference policy")
+    policy_std: float = option(0.05, help="grpo: std of the Gaussian policy around the generator output")
+    learn_std: bool = option(False, help="grpo: learn the policy std (per channel)")
+    fidelity_weight: float = option(1.0, help="refl: weight of the MSE to the reference generator's output")
+    lora_rank: int = option(0, help="LoRA rank on every conv (0 = train all weights)")
+    lora_alpha: float | None = option(None, help="LoRA alpha (none = rank)")
+    ema_decay: float | None = option(None, help="EMA of the weights (none = off), e.g. 0.999")
+    grad_clip: float = option(1.0, help="gradient norm clip (0 = off)")
+    save_every: int = option(50, help="checkpoint every this many steps")
+    lr_size: int = option(64, help="LR crop size (the SR output is scale times larger)")
+    hr_folders: tuple[str, ...] = option(
+        (), help="HR photo folders degraded on the fly; empty = embedded photos"
+    )
+    paired_lr: str | None = option(None, help="folder of LR images (paired training data)")
+    paired_hr: str | None = option(None, help="folder of HR images with the same names as in paired_lr")
+    degradation: DegradationKind = option("realesrgan", help="on-the-fly LR synthesis: realesrgan or bicubic")
+    seed: int = option(0, help="seed of data, policy noise and LoRA initialisation")
+    out: str = option("runs/rl", help="output folder")
+    num_processes: int = option(1, help="local data-parallel processes (accelerate; gloo on CPU)")
+    device: str = option("cpu", help="cpu, cuda or auto")
+    threads: int = option(0, help="torch threads per process (0 = default)")
+    tensorboard: bool = option(True, help="also log to TensorBoard (needs the tensorboard package)")
+    preview: int = option(4, help="LR inputs in preview.png (0 = no preview)")
+    progress: bool = option(True, help="show a progress bar")
+
+    def __post_init__(self) -> None:
+        check(self.algorithm in ("grpo", "refl"), f"algorithm must be grpo or refl, got {self.algorithm!r}")
+        check(self.steps >= 1, "steps must be >= 1")
+        check(self.batch_size >= 1, "batch_size must be >= 1")
+        check(self.num_processes >= 1, "num_processes must be >= 1")
+        check(
+            self.batch_size % self.num_processes == 0,
+            f"batch_size {self.batch_size} must be divisible by num_processes {self.num_processes}",
+        )
+        check(self.algorithm != "grpo" or self.group_size >= 2, "grpo needs group_size >= 2")
+        check(self.ppo_epochs >= 1, "ppo_epochs must be >= 1")
+        check(self.lr > 0, "lr must be positive")
+        check(self.weight_decay >= 0, "weight_decay must be >= 0")
+        check(0 < self.clip_eps < 1, f"clip_eps must lie in (0, 1), got {self.clip_eps}")
+        check(self.kl_coef >= 0, "kl_coef must be >= 0")
+        check(self.policy_std > 0, "policy_std must be positive")
+        check(not (self.learn_std and self.algorithm == "refl"), "learn_std has no effect with refl")
+        check(self.fidelity_weight >= 0, "fidelity_weight must be >= 0")
+        check(self.map_penalty >= 0, "map_penalty must be >= 0")
+        check(self.lora_rank >= 0, "lora_rank must be >= 0")
+        check(self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha must be positive")
+        check(self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay must lie in (0, 1)")
+        check(self.grad_clip >= 0, "grad_clip must be >= 0")
+        check(self.save_every >= 1, "save_every must be >= 1")
+        check(self.lr_size >= 8, "lr_size must be >= 8")
+        check(
+            (self.paired_lr is None) == (self.paired_hr is None),
+            "give both paired_lr and paired_hr, or neither",
+        )
+        check(not (self.paired_lr and self.hr_folders), "use either hr_folders or paired folders, not both")
+        check(self.degradation in ("realesrgan", "bicubic"), "degradation must be realesrgan or bicubic")
+        check(self.preview >= 0, "preview must be >= 0")
+        check(self.threads >= 0, "threads must be >= 0")
+        self.curriculum_config()
+
+    def curriculum_config(self) -> CurriculumConfig:
+        return CurriculumConfig(
+            kind=self.curriculum,
+            schedule=self.schedule,
+            stage_steps=self.stage_steps,
+            window=self.plateau_window,
+            plateau_tol=self.plateau_tol,
+            var_ratio=self.plateau_var_ratio,
+            min_stage_steps=self.min_stage_steps,
+            max_stage_steps=self.max_stage_steps,
+        )
+
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+# --------------------------------------------------------------------------------------------------
+# pieces of the loop
+
+
+def noise_generators(
+    seed: int, step: int, indices: Sequence[int], device: torch.device
+) -> list[torch.Generator]:
+    """One generator per global sample index: the policy noise does not depend on the process count."""
+    gens = []
+    for i in indices:
+        s = int(np.random.SeedSequence([seed, step, i, 0x5EED]).generate_state(1, dtype=np.uint64)[0]) >> 1
+        gens.append(torch.Generator(device=device).manual_seed(s))
+    return gens
+
+
+def _repeat(x: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    return None if x is None else x.repeat_interleave(n, dim=0)
+
+
+def optimizer_step(
+    d: D.Dist,
+    loss: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    params: Sequence[torch.nn.Parameter],
+    grad_clip: float,
+) -> float:
+    """Backward, average gradients over processes, clip, step; returns the pre-clip gradient norm."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    D.sync_gradients(d, params)
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+    opt.step()
+    return float(norm)
+
+
+def grpo_step(
+    d: D.Dist,
+    cfg: RLConfig,
+    policy: GeneratorAdapter,
+    ref: GeneratorAdapter,
+    reward: RewardFn,
+    opt: torch.optim.Optimizer,
+    params: Sequence[torch.nn.Parameter],
+    lr: torch.Tensor,
+    hr: torch.Tensor | None,
+    gens: Sequence[torch.Generator],
+) -> dict[str, float]:
+    """Sample G outputs per input, score them, take ``ppo_epochs`` clipped policy-gradient steps."""
+    b, g = lr.shape[0], cfg.group_size
+    ro = policy.rollout(lr, g, gens)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        r = check_reward(reward(ro.sr, _repeat(lr, g), _repeat(hr, g)), b * g, reward_name(reward)).view(b, g)
+    reward_time = time.perf_counter() - t0
+    adv = group_advantages(r)
+    for _ in range(cfg.ppo_epochs):
+        logp, kl = policy.evaluate(ro, ref)
+        loss = grpo_loss(logp, ro.logp_old, adv, kl, cfg.clip_eps, cfg.kl_coef)
+        clip = clip_fraction(logp, ro.logp_old, cfg.clip_eps)
+        grad_norm = optimizer_step(d, loss, opt, params, cfg.grad_clip)
+    return {
+        "reward_sum": float(r.sum()),
+        "reward_sq": float((r.double() ** 2).sum()),
+        "n": float(r.numel()),
+        "kl": float(kl.detach().sum()),
+        "loss": float(loss.detach()) * b,
+        "clip_frac": float(clip) * b,
+        "fidelity": math.nan,
+        "inputs": float(b),
+        "grad_norm": grad_norm,
+        "reward_time_s": reward_time,
+    }
+
+
+def refl_step(
+    d: D.Dist,
+    cfg: RLConfig,
+    policy: GeneratorAdapter,
+    ref: GeneratorAdapter,
+    reward: RewardFn,
+    opt: torch.optim.Optimizer,
+    params: Sequence[torch.nn.Parameter],
+    lr: torch.Tensor,
+    hr: torch.Tensor | None,
+) -> dict[str, float]:
+    """Back-propagate the reward of the deterministic output, regularised towards the reference output."""
+    out = policy(lr)
+    with torch.no_grad():
+        ref_out = ref(lr)
+    t0 = time.perf_counter()
+    r = check_reward(reward(out.clamp(0.0, 1.0), lr, hr), lr.shape[0], reward_name(reward))
+    reward_time = time.perf_counter() - t0
+    fid = ((out - ref_out) ** 2).mean(dim=(1, 2, 3))
+    loss = -r.mean() + cfg.fidelity_weight * fid.mean()
+    grad_norm = optimizer_step(d, loss, opt, params, cfg.grad_clip)
+    with torch.no_grad():
+        kl = policy.output_kl(out.detach(), ref_out)
+    b = lr.shape[0]
+    return {
+        "reward_sum": float(r.detach().sum()),
+        "reward_sq": float((r.detach().double() ** 2).sum()),
+        "n": float(b),
+        "kl": float(kl.sum()),
+        "loss": float(loss.detach()) * b,
+        "clip_frac": math.nan,
+        "fidelity": float(fid.detach().sum()),
+        "inputs": float(b),
+        "grad_norm": grad_norm,
+        "reward_time_s": reward_time,
+    }
+
+
+_SUMMED = ("reward_sum", "reward_sq", "n", "kl", "loss", "clip_frac", "fidelity", "inputs", "reward_time_s")
+
+
+def reduce_stats(d: D.Dist, s: dict[str, float]) -> dict[str, float]:
+    """Sum the per-process statistics and turn them into global means."""
+    t = torch.tensor([s[k] for k in _SUMMED], dtype=torch.float64)
+    t = D.all_reduce_sum(d, t)
+    v = dict(zip(_SUMMED, t.tolist(), strict=True))
+    mean = v["reward_sum"] / v["n"]
+    var = max(0.0, v["reward_sq"] / v["n"] - mean * mean)
+    return {
+        "reward": mean,
+        "reward_std": math.sqrt(var),
+        "kl": v["kl"] / v["inputs"],
+        "loss": v["loss"] / v["inputs"],
+        "clip_frac": v["clip_frac"] / v["inputs"],
+        "fidelity": v["fidelity"] / v["inputs"],
+        "grad_norm": s["grad_norm"],
+        "reward_time_s": v["reward_time_s"] / d.world,
+    }
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _check_resume(out: Path, cfg: RLConfig) -> bool:
+    """True if ``out`` holds a run of this configuration; refuses a different one."""
+    path = out / CONFIG_NAME
+    if not path.is_file():
+        return False
+    saved = json.loads(path.read_text())
+    now = json.loads(json.dumps(to_dict(cfg)))
+    diff = sorted(k for k in set(saved) | set(now) if k not in _RESUME_IGNORES and saved.get(k) != now.get(k))
+    if diff:
+        raise FinPercepError(
+            f"{out} holds a run with different settings ({', '.join(diff)}); use another --out"
+        )
+    return True
+
+
+def _preview(policy: GeneratorAdapter, ref: GeneratorAdapter, data: PairSource, n: int, path: Path) -> None:
+    """Rows of LR (nearest) | reference output | fine-tuned output | HR for a fixed set of inputs."""
+    lr, hr = data.preview(n)
+    dev = next(policy.parameters()).device
+    with torch.no_grad():
+        lr = lr.to(dev)
+        outs = [ref(lr).clamp(0, 1), policy(lr).clamp(0, 1)]
+    up = torch.nn.functional.interpolate(lr, scale_factor=policy.scale, mode="nearest")
+    rows = [torch.cat([up[i], outs[0][i], outs[1][i], hr[i].to(dev)], dim=2) for i in range(lr.shape[0])]
+    save_png(path, torch.cat(rows, dim=1).permute(1, 2, 0).cpu().numpy())
+
+
+def _stage_rewards(
+    cfg: RLConfig, device: torch.device, rewards: Sequence[RewardFn] | None
+) -> tuple[Callable[[int], RewardFn], tuple[int, ...]]:
+    extras = [parse_weighted_spec(s, device) for s in cfg.extra_rewards]
+    if rewards is not None:
+        table = dict(enumerate(rewards))
+
+        def base(k: int) -> RewardFn:
+            return table[k]
+
+        stages = tuple(table)
+    else:
+        staged = StagedRMRewards(cfg.reward_model, cfg.map_penalty, device)
+        base, stages = staged.__getitem__, staged.stages
+    if not extras and cfg.rm_weight == 1.0:
+        return base, stages
+    return (lambda k: WeightedReward([(cfg.rm_weight, base(k)), *extras])), stages
+
+
+# --------------------------------------------------------------------------------------------------
+# the training run
+
+
+def train(
+    cfg: RLConfig, *, rewards: Sequence[RewardFn] | None = None, on_step: StepCallback | None = None
+) -> Path:
+    """Fine-tune ``cfg.generator`` and return the output folder.
+
+    ``rewards`` replaces the reward model's stages by your own stage rewards (stage ``k`` = ``rewards[k]``;
+    the curriculum walks through them like RM_0..RM_N). ``on_step(step, row)`` is called after every
+    step with the logged metrics (after the checkpoint of that step, if any).
+    """
+    if cfg.num_processes > 1 and not D.in_process_group():
+        D.launch(_spawned_train, (cfg, rewards), cfg.num_processes)
+        return Path(cfg.out)
+    d = D.setup(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif d.world > 1 and d.device.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads() // d.world))
+    check(
+        cfg.batch_size % d.world == 0, f"batch_size {cfg.batch_size} must be divisible by {d.world} processes"
+    )
+    out = Path(cfg.out)
+    resuming = _check_resume(out, cfg)
+    D.barrier(d)
+    if d.main and not resuming:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / CONFIG_NAME, to_dict(cfg))
+
+    # generator as a policy, its frozen reference, LoRA, optimiser, EMA
+    policy = build_adapter(cfg.generator, cfg.scale, cfg.policy_std, cfg.learn_std).to(d.device)
+    check(
+        cfg.lr_size % policy.multiple_of == 0 and cfg.lr_size >= policy.minimum,
+        f"{policy.source} needs LR sizes that are multiples of {policy.multiple_of} and >= {policy.minimum}",
+    )
+    check(
+        cfg.lr_size * policy.scale >= RM_MIN_SIZE,
+        f"lr_size {cfg.lr_size} x{policy.scale} is below the reward model's {RM_MIN_SIZE} px minimum",
+    )
+    ref = frozen_copy(policy)
+    if cfg.lora_rank:
+        apply_lora(policy.network, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
+    D.broadcast_module(d, policy)
+    policy.train()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = EMA(policy, cfg.ema_decay) if cfg.ema_decay else None
+    logger.info(
+        "generator %s (%s, x%d): %d trainable of %d parameters",
+        policy.source,
+        policy.arch,
+        policy.scale,
+        sum(p.numel() for p in params),
+        sum(p.numel() for p in policy.parameters()),
+    )
+
+    # rewards, curriculum, data
+    reward_for, stages = _stage_rewards(cfg, d.device, rewards)
+    curriculum = Curriculum(cfg.curriculum_config(), stages, cfg.steps)
+    data = PairSource(
+        policy.scale, cfg.lr_size, cfg.seed, cfg.hr_folders, cfg.paired_lr, cfg.paired_hr, cfg.degradation
+    )
+
+    # resume
+    step = 0
+    state_path = out / STATE_NAME
+    if state_path.is_file():
+        state = torch.load(state_path, map_location=d.device, weights_only=False)
+        policy.load_state_dict(state["policy"])
+        opt.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        curriculum.load_state_dict(state["curriculum"])
+        step = int(state["step"])
+        logger.info("resuming %s at step %d (RM_%d)", out, step, curriculum.stage)
+    log = RunLog(out, step, enabled=d.main, tensorboard=cfg.tensorboard)
+    logger.info(
+        "curriculum %s/%s over RM stages %s; starting with RM_%d",
+        cfg.curriculum,
+        cfg.schedule,
+        list(curriculum.order),
+        curriculum.stage,
+    )
+
+    last_plot = time.perf_counter()
+
+    def save() -> None:
+        nonlocal last_plot
+        if d.main:
+            _save_state(
+                state_path,
+                {
+                    "step": step,
+                    "policy": policy.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "curriculum": curriculum.state_dict(),
+                },
+            )
+            transitions = [t.as_dict() for t in curriculum.transitions]
+            atomic_write_json(out / TRANSITIONS_NAME, transitions)
+            log.flush()
+            if step == cfg.steps or time.perf_counter() - last_plot > PLOT_EVERY_S:
+                plot_curves(read_log(out / CSV_NAME), transitions, out / CURVES_NAME)
+                last_plot = time.perf_counter()
+        D.barrier(d)
+
+    per_rank = cfg.batch_size // d.world
+    bar = None
+    if d.main and cfg.progress and step < cfg.steps:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="rl", unit="step", dynamic_ncols=True)
+    t_start = time.perf_counter()
+    try:
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            stage = curriculum.stage
+            reward = reward_for(stage)
+            indices = range(d.rank * per_rank, (d.rank + 1) * per_rank)
+            lr, hr = data.batch(step, indices)
+            lr, hr = lr.to(d.device), hr.to(d.device)
+            if cfg.algorithm == "grpo":
+                gens = noise_generators(cfg.seed, step, indices, d.device)
+                stats = grpo_step(d, cfg, policy, ref, reward, opt, params, lr, hr, gens)
+            else:
+                stats = refl_step(d, cfg, policy, ref, reward, opt, params, lr, hr)
+            if ema is not None:
+                ema.update(policy)
+            step += 1
+            row = reduce_stats(d, stats)
+            if not math.isfinite(row["loss"]):
+                raise FinPercepError(
+                    f"step {step}: the loss is not finite ({row['loss']}); lower --lr or check the reward"
+                )
+            dt = time.perf_counter() - t0
+            samples = cfg.batch_size * (cfg.group_size if cfg.algorithm == "grpo" else 1)
+            log_std = getattr(policy, "log_std", None)
+            row.update(
+                step=step,
+                stage=stage,
+                step_time_s=dt,
+                samples_per_s=samples / dt,
+                policy_std=float(log_std.detach().exp().mean()) if log_std is not None else math.nan,
+            )
+            log.write(row)
+            transition = curriculum.update(step, row["reward"])
+            if transition is not None:
+                logger.info(
+                    "curriculum: RM_%d -> RM_%d at step %d (%s)",
+                    transition.from_stage,
+                    transition.to_stage,
+                    transition.step,
+                    transition.reason,
+                )
+                log.text("curriculum", json.dumps(transition.as_dict()), step)
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                save()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(stage=stage, reward=f"{row['reward']:.4f}", kl=f"{row['kl']:.3g}")
+            if on_step is not None:
+                on_step(step, row)
+    finally:
+        if bar is not None:
+            bar.close()
+        log.close()
+
+    # export
+    prints = D.gather_strings(d, D.fingerprint(policy))
+    if len(set(prints)) > 1:
+        logger.error("process replicas diverged: weight fingerprints %s", prints)
+    if d.main:
+        meta = {"source": cfg.generator, "scale": policy.scale, "arch": policy.arch, "steps": step}
+        export_generator(policy.network, out, meta)
+        if ema is not None:
+            averaged = copy.deepcopy(policy)
+            ema.copy_to(averaged)
+            export_generator(
+                averaged.network, out, {**meta, "ema_decay": cfg.ema_decay}, name="generator_ema"
+            )
+        if cfg.preview:
+            _preview(policy, ref, data, cfg.preview, out / "preview.png")
+        rows = read_log(out / CSV_NAME)
+        tail = rows[-max(1, len(rows) // 10) :]
+        atomic_write_json(
+            out / "summary.json",
+            {
+                "steps": step,
+                "final_stage": curriculum.stage,
+                "final_reward": sum(r["reward"] for r in tail) / len(tail) if tail else None,
+                "final_kl": sum(r["kl"] for r in tail) / len(tail) if tail else None,
+                "transitions": [t.as_dict() for t in curriculum.transitions],
+                "world_size": d.world,
+                "replica_fingerprints": prints,
+                "wall_s": time.perf_counter() - t_start,
+            },
+        )
+    D.barrier(d)
+    D.teardown(d)
+    return out
+
+
+def _spawned_train(cfg: RLConfig, rewards: Sequence[RewardFn] | None) -> None:
+    train(cfg, rewards=rewards)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m finpercep.rl`` (also under ``accelerate launch`` or ``torchrun``); see ``rl train``."""
+    import argparse
+    import os
+
+    from ..config import add_arguments, from_args
+
+    p = argparse.ArgumentParser(prog="finpercep.rl", description=__doc__.splitlines()[0])
+    add_arguments(p, RLConfig)
+    ns = p.parse_args(argv)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(
+        level=logging.INFO if main_rank else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        path = train(from_args(RLConfig, ns))
+    except FinPercepError as exc:
+        sys.stderr.write(f"finpercep: error: {exc}\n")
+        return 2
+    if main_rank:
+        sys.stdout.write(f"{path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

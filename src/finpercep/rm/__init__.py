@@ -1,0 +1,23 @@
+"""FinPercep-RM: the fine-grained perceptual reward model (score + degradation map), its losses,
+metrics, staged training (:func:`finpercep.rm.train.train`) and scoring API (:func:`score_paths`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .model import RewardModel, RMConfig, RMInputError, RMMetric, RMOutput
+
+__all__ = ["RMConfig", "RMInputError", "RMMetric", "RMOutput", "RMTrainConfig", "RewardModel", "score_paths"]
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy exports: training and scoring pull in the data pipeline and plotting only when used."""
+    if name == "RMTrainConfig":
+        from .train import RMTrainConfig
+
+        return RMTrainConfig
+    if name == "score_paths":
+        from .score import score_paths
+
+        return score_paths
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,498 @@
+"""FinPercep-RM: a reward model that scores an SR output and maps where it fails.
+
+Architecture (``N`` = number of encoder feature maps, ``f_1`` finest ... ``f_N`` coarsest)::
+
+    f_1..f_N = encoder(x)
+    d_1, dz_1 = Block_1(f_N)                       # map logits at the coarsest stride
+    d_k, dz_k = Block_k(f_{N-k+1}, up(d_{k-1}))    # k = 2..stage: finer levels, U-Net-like skips
+    M = sigmoid(sum_k up_HxW(dz_k))                # degradation map in [0, 1] at input resolution
+    m = (1 - g) + g * avgpool_to(f_N)(M)           # g: map gate, 0 when RM_1 is grown, 1 once trained
+    S = MLP(mean_hw([f_N, 1] * m))                 # higher = better
+
+Stages (what RM_k contains, see :meth:`RewardModel.grow`):
+
+* ``RM_0``: encoder + score MLP. No decoder, ``M == 1``; ``S = MLP(mean([f_N, 1]))``: a global IQA model.
+* ``RM_1``: + decoder block 1 (1x1 lateral on ``f_N``, residual conv block, 1x1 logit head at the
+  coarsest stride) + the gate ``g`` (a buffer, not learned). ``g`` starts at 0, so the *score* of RM_1
+  equals RM_0's at the moment of growth; the map is new (it was identically 1 before, which no decoder
+  can reproduce). Training opens the gate on a schedule (``RMTrainConfig.gate_ramp``) to ``g = 1``,
+  where ``S = MLP(mean([f_N, 1] * M))`` exactly: the score is the map-weighted pool. (A learned gate
+  barely moves: L_align holds the scores and nothing else asks for the map, so the coupling is imposed.)
+* ``RM_k`` (k >= 2): + decoder block k (1x1 projection of ``d_{k-1}``, 1x1 lateral on ``f_{N-k+1}``,
+  residual conv block, logit head at stride ``s_{N-k+1}``). The head starts at zero, so the map logits
+  and therefore map *and* score of RM_k equal RM_{k-1}'s at growth; training then refines the map at
+  the finer resolution.
+* ``RM_N`` is the full model. Growing never re-initialises existing parameters.
+
+The constant channel appended to ``f_N`` makes the pooled vector carry the map's mean (the defect
+area), which couples the score to the map directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import check, from_dict, option, to_dict
+from ..errors import FinPercepError
+from ..io import atomic_path, atomic_write_json, load_image
+from .encoders import ENCODERS, Encoder, ResBlock, build_encoder
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "finpercep-rm"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MIN_SIZE = 32
+
+EncoderName = Literal["small_cnn", "clip_rn50", "clip_vit", "dinov2", "dinov3", "timm"]
+
+
+class RMInputError(FinPercepError, ValueError):
+    """An input the reward model cannot score (wrong type, shape, dtype, size or range)."""
+
+
+@dataclass(frozen=True)
+class RMConfig:
+    """Reward-model architecture: encoder, decoder widths, score head, stage."""
+
+    encoder: EncoderName = option("small_cnn", help="feature encoder")
+    encoder_weights: str | None = option(
+        None,
+        help="local pretrained weights: a .pt/.safetensors file (clip_rn50, timm) or a "
+        "save_pretrained folder (clip_vit, dinov2, dinov3); nothing is downloaded",
+    )
+    freeze_encoder: bool = option(False, help="keep pretrained backbone weights fixed while training")
+    cnn_widths: tuple[int, ...] = option(
+        (16, 32, 64, 128), help="small_cnn channels of f_1..f_N (strides 2, 4, ...)"
+    )
+    cnn_blocks: tuple[int, ...] = option((1, 1, 1, 1), help="small_cnn residual blocks per level")
+    norm: Literal["none", "batch", "group"] = option("group", help="normalisation in small_cnn and decoder")
+    rn50_layers: tuple[int, ...] = option(
+        (3, 4, 6, 3), help="clip_rn50 bottlenecks per layer (random init only)"
+    )
+    rn50_width: int = option(64, help="clip_rn50 stem width (random init only)")
+    vit_layers: tuple[int, ...] = option(
+        (), help="ViT layers (1-based) tapped for f_1..f_N; empty = 4 evenly spaced"
+    )
+    vit_channels: int = option(256, help="channels of the reassembled ViT pyramid")
+    timm_name: str = option("resnet50", help="timm model name (encoder=timm)")
+    decoder_widths: tuple[int, ...] = option(
+        (), help="decoder channels per level, finest first; empty = 16, 32, 64, 96, 96, ..."
+    )
+    head_hidden: int = option(128, help="hidden units of the score MLP")
+    stage: int | None = option(None, help="RM_k: decoder depth k (0 = global IQA model); none = full model")
+    init_seed: int = option(0, help="seed of the parameter initialisation (and of each growth step)")
+    score_range: tuple[float, float] = option(
+        (-1.0, 1.0), help="typical score range on the training data (informational, pyiqa score_range)"
+    )
+
+    def __post_init__(self) -> None:
+        check(self.encoder in ENCODERS, f"encoder must be one of {sorted(ENCODERS)}, got {self.encoder!r}")
+        check(
+            all(w > 0 for w in self.cnn_widths) and len(self.cnn_widths) >= 1, "cnn_widths must be positive"
+        )
+        check(
+            len(self.cnn_widths) == len(self.cnn_blocks),
+            "cnn_widths and cnn_blocks must have the same length",
+        )
+        check(all(b >= 0 for b in self.cnn_blocks), "cnn_blocks must be >= 0")
+        check(all(w > 0 for w in self.decoder_widths), "decoder_widths must be positive")
+        check(self.head_hidden > 0, "head_hidden must be positive")
+        check(self.stage is None or self.stage >= 0, f"stage must be >= 0 or none, got {self.stage}")
+        check(self.vit_channels > 0, "vit_channels must be positive")
+        check(self.score_range[0] <= self.score_range[1], "score_range must be (low, high)")
+
+
+@dataclass
+class RMOutput:
+    """``score``: [B], higher = better. ``map``: [B, 1, H, W] in [0, 1], higher = more degraded.
+
+    ``map_logits`` holds the cumulative map logits after each decoder block (RM_1..RM_k views of the
+    same forward pass, at input resolution); empty for RM_0.
+    """
+
+    score: torch.Tensor
+    map: torch.Tensor
+    map_logits: tuple[torch.Tensor, ...] = ()
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Parameter initialisation from ``seed`` without touching the caller's global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def check_image_batch(x: Any) -> torch.Tensor:
+    """Validate a reward-model input: float tensor [B, 3, H, W], H, W >= 32, finite, in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise RMInputError(
+            f"expected a torch.Tensor [B, 3, H, W] in [0, 1] or image paths, got {type(x).__name__}"
+        )
+    if not x.is_floating_point():
+        hint = " (for 8-bit images use x.float() / 255)" if x.dtype == torch.uint8 else ""
+        raise RMInputError(
+            f"expected a floating-point tensor with values in [0, 1], got dtype {x.dtype}{hint}"
+        )
+    if x.ndim != 4 or x.shape[1] != 3:
+        hint = ""
+        if x.ndim == 3 and x.shape[0] == 3:
+            hint = " (add a batch dimension: x[None])"
+        elif x.ndim == 4 and x.shape[-1] == 3:
+            hint = " (channels last? use x.permute(0, 3, 1, 2))"
+        raise RMInputError(f"expected shape [B, 3, H, W], got {tuple(x.shape)}{hint}")
+    b, _, h, w = x.shape
+    if b == 0:
+        raise RMInputError("empty batch")
+    if h < MIN_SIZE or w < MIN_SIZE:
+        raise RMInputError(f"images must be at least {MIN_SIZE}x{MIN_SIZE}, got {h}x{w}")
+    with torch.no_grad():
+        lo, hi = torch.aminmax(x.detach())
+        lo_f, hi_f = float(lo), float(hi)
+    if not (torch.isfinite(lo) and torch.isfinite(hi)):
+        raise RMInputError("input contains NaN or infinite values")
+    if lo_f < -1e-3 or hi_f > 1 + 1e-3:
+        hint = " (was it normalised to [-1, 1] or left in [0, 255]?)" if lo_f < -0.5 or hi_f > 2 else ""
+        raise RMInputError(f"expected values in [0, 1], got range [{lo_f:.4g}, {hi_f:.4g}]{hint}")
+    return x
+
+
+class DecoderBlock(nn.Module):
+    """Decoder block k: fuse one encoder level with the previous block, emit a map-logit residual."""
+
+    def __init__(self, c_skip: int, c_out: int, c_prev: int | None, norm: str = "none") -> None:
+        super().__init__()
+        self.lateral = nn.Conv2d(c_skip, c_out, 1)
+        self.proj = nn.Conv2d(c_prev, c_out, 1) if c_prev is not None else None
+        self.block = ResBlock(c_out, norm)
+        self.head = nn.Conv2d(c_out, 1, 1)
+
+    def forward(self, skip: torch.Tensor, prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.lateral(skip)
+        if self.proj is not None and prev is not None:
+            h = h + F.interpolate(self.proj(prev), size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        h = self.block(h)
+        return h, self.head(F.gelu(h))
+
+
+class ScoreHead(nn.Module):
+    def __init__(self, c_in: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(c_in, hidden)
+        self.fc2 = nn.Linear(hidden, 1)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(pooled))).squeeze(1)
+
+
+def default_decoder_widths(n: int) -> tuple[int, ...]:
+    return tuple(min(16 * 2**i, 96) for i in range(n))
+
+
+class RewardModel(nn.Module):
+    """FinPercep-RM at stage k (RM_k). ``rm(x) -> RMOutput(score=[B], map=[B, 1, H, W])``.
+
+    Also usable like a pyiqa metric: ``lower_better``, ``score_range``, ``metric_mode`` and file paths
+    accepted as input; :meth:`as_metric` returns a module that returns scores only.
+    """
+
+    lower_better = False
+    metric_mode = "NR"
+
+    def __init__(
+        self, config: RMConfig | None = None, *, encoder_extra: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__()
+        config = config or RMConfig()
+        with seeded(config.init_seed):
+            self.encoder: Encoder = build_encoder(config, encoder_extra)
+            if config.freeze_encoder:
+                for p in self.encoder.pretrained_parameters():
+                    p.requires_grad_(False)
+            self.score_head = ScoreHead(self.encoder.channels[-1] + 1, config.head_hidden)
+        n = len(self.encoder.channels)
+        widths = config.decoder_widths or default_decoder_widths(n)
+        if len(widths) != n:
+            raise FinPercepError(f"decoder_widths has {len(widths)} entries but the encoder has {n} levels")
+        self.decoder_widths = tuple(widths)
+        self.blocks = nn.ModuleList()
+        self.gate: torch.Tensor | None
+        self.register_buffer("gate", None)
+        target = n if config.stage is None else config.stage
+        if target > n:
+            raise FinPercepError(f"stage {target} exceeds the decoder depth N={n} of this encoder")
+        self.config = dataclasses.replace(config, stage=0)
+        for _ in range(target):
+            self.grow()
+
+    # ------------------------------------------------------------------ structure
+
+    @property
+    def num_levels(self) -> int:
+        """N: number of encoder feature maps, i.e. the stage of the full model."""
+        return len(self.encoder.channels)
+
+    @property
+    def stage(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def score_range(self) -> str:
+        lo, hi = self.config.score_range
+        return f"~{lo:g}, ~{hi:g}"
+
+    def grow(self) -> None:
+        """RM_{k-1} -> RM_k: add decoder block k (and the gate buffer when k = 1); keep everything else.
+
+        Block k >= 2 gets a zero logit head, so outputs are unchanged at growth. Block 1 starts with the
+        gate at 0, so the score is unchanged (the map goes from the constant 1 to the new block's map).
+        """
+        k = self.stage + 1
+        n = self.num_levels
+        if k > n:
+            raise FinPercepError(f"RM_{self.stage} is already the full model (N={n})")
+        level = n - k
+        ref = next(self.score_head.parameters())
+        with seeded(self.config.init_seed + 1009 * k):
+            block = DecoderBlock(
+                self.encoder.channels[level],
+                self.decoder_widths[level],
+                self.decoder_widths[level + 1] if k > 1 else None,
+                self.config.norm,
+            )
+        if k == 1:
+            self.gate = torch.zeros((), dtype=ref.dtype, device=ref.device)
+        else:
+            nn.init.zeros_(block.head.weight)
+            nn.init.zeros_(block.head.bias)
+        self.blocks.append(block.to(device=ref.device, dtype=ref.dtype).train(self.training))
+        self.config = dataclasses.replace(self.config, stage=k)
+
+    def set_gate(self, value: float) -> None:
+        """Set the map gate ``g`` in [0, 1] (RM_1 and later): how much the map modulates the score pool."""
+        if self.gate is None:
+            raise FinPercepError("RM_0 has no map and no gate")
+        if not 0.0 <= value <= 1.0:
+            raise FinPercepError(f"gate must be in [0, 1], got {value}")
+        self.gate.fill_(value)
+
+    def new_parameter_names(self) -> list[str]:
+        """Names of the parameters the last :meth:`grow` added (those of decoder block k)."""
+        k = self.stage
+        if k == 0:
+            return []
+        return [f"blocks.{k - 1}.{n}" for n, _ in self.blocks[k - 1].named_parameters()]
+
+    # ------------------------------------------------------------------ forward
+
+    def map_logits(self, feats: Sequence[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        """Cumulative map logits at ``size`` after each decoder block (empty for RM_0)."""
+        out: list[torch.Tensor] = []
+        z: torch.Tensor | None = None
+        d: torch.Tensor | None = None
+        n = len(feats)
+        for k, block in enumerate(self.blocks, start=1):
+            d, dz = block(feats[n - k], d)
+            dz = F.interpolate(dz, size=size, mode="bilinear", align_corners=False)
+            z = dz if z is None else z + dz
+            out.append(z)
+        return tuple(out)
+
+    def pool(self, f_top: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+        """``mean_hw([f_N, 1] * modulation)`` -> [B, C_N + 1]; ``m`` is the map (None for RM_0)."""
+        ones = torch.ones_like(f_top[:, :1])
+        f = torch.cat([f_top, ones], dim=1)
+        if m is None or self.gate is None:
+            return f.mean(dim=(2, 3))
+        small = F.adaptive_avg_pool2d(m, f_top.shape[-2:])
+        mod = 1.0 + self.gate * (small - 1.0)
+        return (f * mod).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor | str | Path | Sequence[str | Path]) -> RMOutput:
+        """Score and map ``x``: a float tensor [B, 3, H, W] in [0, 1] (H, W >= 32) or image path(s)."""
+        x = self._as_batch(x)
+        ref = next(self.score_head.parameters())
+        x = check_image_batch(x).to(device=ref.device, dtype=ref.dtype)
+        pooled, m, logits = self.forward_parts(x)
+        return RMOutput(score=self.score_head(pooled), map=m, map_logits=logits)
+
+    def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(pooled [B, C_N + 1], map [B, 1, H, W], cumulative logits) of a validated batch.
+
+        ``score = score_head(pooled)``; tiled scoring averages ``pooled`` over tiles before the head.
+        """
+        feats = self.encoder(x)
+        logits = self.map_logits(feats, (x.shape[-2], x.shape[-1]))
+        m = torch.sigmoid(logits[-1]) if logits else None
+        pooled = self.pool(feats[-1], m)
+        if m is None:
+            m = torch.ones_like(x[:, :1])
+        return pooled, m, logits
+
+    def _as_batch(self, x: Any) -> Any:
+        if isinstance(x, str | Path):
+            x = [x]
+        if isinstance(x, list | tuple) and x and all(isinstance(p, str | Path) for p in x):
+            imgs = [load_image(p, min_size=MIN_SIZE) for p in x]
+            shapes = {im.shape for im in imgs}
+            if len(shapes) > 1:
+                raise RMInputError(
+                    f"images of different sizes {sorted(shapes)} cannot form one batch; "
+                    "pass them one at a time or use finpercep.rm.score_paths"
+                )
+            return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+        return x
+
+    def score(self, x: torch.Tensor | str | Path | Sequence[str | Path]) -> torch.Tensor:
+        """Scores only ([B]), as a pyiqa metric returns them."""
+        return self(x).score
+
+    def as_metric(self, as_loss: bool = False, loss_weight: float = 1.0) -> RMMetric:
+        """A pyiqa-style module: ``metric(x)`` returns scores [B] (as a loss: ``-weight * mean(score)``)."""
+        return RMMetric(self, as_loss=as_loss, loss_weight=loss_weight)
+
+    # ------------------------------------------------------------------ persistence
+
+    def save_pretrained(self, directory: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (atomically) into ``directory``.
+
+        ``dtype`` (e.g. ``torch.float16``) stores floating-point tensors in that type to save space;
+        :meth:`from_pretrained` loads them back into the model's float32 parameters.
+        """
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {}
+        for k, v in self.state_dict().items():
+            v = v.detach().to("cpu")
+            if dtype is not None and v.is_floating_point():
+                v = v.to(dtype)
+            state[k] = v.contiguous()
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": FORMAT_NAME})
+        cfg = dataclasses.replace(self.config, encoder_weights=None)
+        meta = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "stage": self.stage,
+            "num_levels": self.num_levels,
+            "rm_config": to_dict(cfg),
+            "encoder_extra": self.encoder.extra_config(),
+            "encoder_source": self.config.encoder_weights,
+        }
+        atomic_write_json(directory / CONFIG_NAME, meta)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path | None = None, stage: int | None = None, *, device: str | torch.device = "cpu"
+    ) -> RewardModel:
+        """Load a saved reward model. ``path=None``: the packaged default checkpoint.
+
+        ``path`` is a model folder (``config.json`` + ``model.safetensors``) or a training/run folder
+        with ``stage_<k>`` sub-folders; ``stage`` picks RM_k (default: the highest stage present).
+        """
+        directory = resolve_checkpoint(path, stage)
+        meta = json.loads((directory / CONFIG_NAME).read_text())
+        if meta.get("format") != FORMAT_NAME:
+            raise FinPercepError(
+                f"{directory}: not a FinPercep reward model (config.json format={meta.get('format')!r})"
+            )
+        cfg = from_dict(RMConfig, meta["rm_config"])
+        model = cls(cfg, encoder_extra=meta.get("encoder_extra") or {})
+        from safetensors.torch import load_file
+
+        state = load_file(str(directory / WEIGHTS_NAME))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise FinPercepError(
+                f"{directory}: weights do not match the config "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
+        model.eval()
+        return model.to(device)
+
+
+class RMMetric(nn.Module):
+    """pyiqa-style wrapper: ``metric(x)`` -> scores [B]; ``as_loss=True``: ``-loss_weight * mean(score)``."""
+
+    metric_mode = "NR"
+
+    def __init__(self, model: RewardModel, as_loss: bool = False, loss_weight: float = 1.0) -> None:
+        super().__init__()
+        self.model = model
+        self.as_loss = as_loss
+        self.loss_weight = loss_weight
+        self.lower_better = model.lower_better
+
+    @property
+    def score_range(self) -> str:
+        return self.model.score_range
+
+    def forward(self, x: torch.Tensor | str | Path | Sequence[str | Path]) -> torch.Tensor:
+        s = self.model(x).score
+        return -self.loss_weight * s.mean() if self.as_loss else s
+
+
+def default_checkpoint_dir() -> Path:
+    """Where the packaged default checkpoint lives (``finpercep/assets/rm_default``)."""
+    return Path(str(resources.files("finpercep"))) / "assets" / "rm_default"
+
+
+def stage_dirs(directory: Path) -> dict[int, Path]:
+    """``{k: directory/stage_k}`` for every saved stage below ``directory``."""
+    out = {}
+    for p in directory.glob("stage_*"):
+        suffix = p.name[len("stage_") :]
+        if suffix.isdigit() and (p / CONFIG_NAME).is_file():
+            out[int(suffix)] = p
+    return dict(sorted(out.items()))
+
+
+def resolve_checkpoint(path: str | Path | None, stage: int | None) -> Path:
+    """The model folder for ``path``/``stage`` (see :meth:`RewardModel.from_pretrained`)."""
+    if path is None:
+        directory = default_checkpoint_dir()
+        if not directory.exists():
+            raise FinPercepError(
+                f"no packaged default reward model at {directory}; train one with "
+                "`finpercep rm train --data DIR --out DIR` and pass its folder as the checkpoint"
+            )
+    else:
+        directory = Path(path)
+        if directory.is_file():
+            directory = directory.parent
+        if not directory.exists():
+            raise FinPercepError(f"reward model checkpoint not found: {directory}")
+    if (directory / CONFIG_NAME).is_file():
+        meta = json.loads((directory / CONFIG_NAME).read_text())
+        if stage is not None and meta.get("stage") != stage:
+            stages = stage_dirs(directory.parent)
+            if stage in stages:
+                return stages[stage]
+            raise FinPercepError(f"{directory} holds RM_{meta.get('stage')}, not RM_{stage}")
+        return directory
+    stages = stage_dirs(directory)
+    if not stages:
+        raise FinPercepError(f"{directory}: no {CONFIG_NAME} and no stage_<k> folders with one")
+    if stage is None:
+        return stages[max(stages)]
+    if stage not in stages:
+        raise FinPercepError(f"{directory}: no RM_{stage}; available stages: {sorted(stages)}")
+    return stages[stage]

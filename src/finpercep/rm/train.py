@@ -1,0 +1,749 @@
+"""Staged reward-model training: RM_0, then grow and train RM_1 ... RM_N, saving every stage.
+
+``finpercep rm train --data DIR --out DIR --stages N`` calls :func:`train`. For several processes run
+the same command under ``torchrun --nproc_per_node P -m finpercep.rm.train ...`` or
+``accelerate launch --num_processes P -m finpercep.rm.train ...`` (DDP; gloo on CPU, NCCL on GPU).
+
+Output folder::
+
+    train_config.json model_config.json split.json   what was run, on which photos
+    state.pt                                         resume point, rewritten atomically after every epoch
+    history.jsonl  curves.png                        per-epoch losses and validation metrics
+    stage_<k>/config.json stage_<k>/model.safetensors  RM_k (load with RewardModel.from_pretrained)
+    stage_<k>/metrics.json  summary.json             final validation metrics (vs. the HF-energy baseline)
+
+Re-running the same command continues after the last finished epoch. All randomness derives from
+``seed`` and the (stage, epoch, step) position, so a resumed run is identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..config import check, check_prob, from_dict, option, to_dict
+from ..errors import FinPercepError
+from ..io import atomic_path, atomic_write_json, atomic_write_text
+from .dataset import ChainDataset, SampleDataset, Split, collate_chains, collate_samples, load_split
+from .losses import align_loss, cross_rank_loss, map_bce_loss, map_l1_loss, rank_loss
+from .metrics import MapMetricAccumulator, beats, hf_energy_map, score_metrics
+from .model import RewardModel, RMConfig
+from .plots import plot_curves
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "state.pt"
+
+
+@dataclass(frozen=True)
+class RMTrainConfig:
+    """Reward-model training (``finpercep rm train``)."""
+
+    data: str = option("runs/fgr_default", help="FGR dataset folder (holds manifest.jsonl)")
+    out: str = option("runs/rm", help="output folder (stage_<k> models, state.pt, metrics, curves)")
+    stages: int = option(4, help="train RM_0 ... RM_stages; at most the encoder's number of levels")
+    epochs: tuple[int, ...] = option(
+        (2, 3, 2), help="epochs per stage RM_0, RM_1, ...; the last value repeats for the later stages"
+    )
+    batch_chains: int = option(4, help="ranking chains per step and process (4 images each)")
+    crop: int = option(128, help="random square training crop in pixels (0: whole images)")
+    color_jitter: float = option(0.5, help="strength in [0, 1] of the per-chain colour augmentation")
+    lr: float = option(2e-3, help="peak AdamW learning rate (warm-up, then cosine decay within each stage)")
+    weight_decay: float = option(1e-4, help="AdamW weight decay")
+    warmup_steps: int = option(20, help="linear warm-up steps at the start of each stage")
+    grad_clip: float = option(1.0, help="gradient-norm clip (0: off)")
+    lambda_map: float = option(1.0, help="weight of L_map (map vs. M_gt)")
+    lambda_rank: float = option(1.0, help="weight of L_rank (chain hinge)")
+    cross_rank: float = option(
+        1.0, help="weight, inside L_rank, of the same order across the chains of a batch"
+    )
+    lambda_align: float = option(
+        1.0, help="weight of L_align (anchor scores vs. the previous stage, in units of their spread)"
+    )
+    map_bce: float = option(1.0, help="weight of the soft BCE on map logits inside L_map (0: pure L1)")
+    map_balance: float = option(
+        0.5, help="class balance of L_map: 0 plain mean, 1 defect and clean pixels equal"
+    )
+    deep_supervision: float = option(
+        0.5, help="weight of L_map on the coarser maps RM_1..RM_{k-1} inside RM_k"
+    )
+    margins: tuple[float, float, float] = option(
+        (0.1, 0.1, 0.1), help="rank margins GT-small, small-large, large-SR"
+    )
+    gate_ramp: float = option(
+        0.5,
+        help="share of RM_1's steps over which the map gate opens from 0 to 1 (score = map-weighted pool)",
+    )
+    anchors: int = option(32, help="anchor training images whose scores L_align keeps fixed across stages")
+    anchor_batch: int = option(4, help="anchor images per step")
+    tau: float = option(0.1, help="M_gt threshold for defect pixels (AUROC, NSS, AUC-Judd, balancing)")
+    val_sources: tuple[str, ...] = option(
+        ("coffee", "motorcycle_*"),
+        help="held-out source photos (fnmatch patterns); if none match, a hash rule",
+    )
+    val_fraction: float = option(
+        0.25, help="share of source photos held out when no val_sources pattern matches"
+    )
+    max_val_samples: int = option(
+        0,
+        help="validate on whole held-out groups up to this many samples (0: all), the same every epoch",
+    )
+    max_steps_per_epoch: int = option(0, help="cap on steps per epoch (0: one pass over the chains)")
+    val_batch: int = option(8, help="images per validation batch")
+    seed: int = option(0, help="seed of data order, augmentation, anchors and parameter initialisation")
+    num_workers: int = option(0, help="DataLoader worker processes")
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N")
+    threads: int = option(0, help="torch CPU threads per process (0: leave torch's default)")
+    progress: bool = option(True, help="show progress bars (only on a terminal)")
+    curves: Literal["epoch", "stage", "off"] = option("stage", help="redraw curves.png per epoch or stage")
+    export: str | None = option(
+        None, help="at the end, copy every stage (float16 weights) here, e.g. src/finpercep/assets/rm_default"
+    )
+
+    def __post_init__(self) -> None:
+        check(self.stages >= 0, f"stages must be >= 0, got {self.stages}")
+        check(
+            1 <= len(self.epochs) <= self.stages + 1,
+            f"epochs needs 1 to stages+1={self.stages + 1} values, got {len(self.epochs)}",
+        )
+        check(all(e >= 0 for e in self.epochs), "epochs must be >= 0")
+        check(self.batch_chains >= 1, "batch_chains must be >= 1")
+        check(self.crop == 0 or self.crop >= 32, f"crop must be 0 or >= 32, got {self.crop}")
+        check(
+            self.lr > 0 and self.weight_decay >= 0 and self.grad_clip >= 0,
+            "lr > 0, weight_decay >= 0, grad_clip >= 0",
+        )
+        check(
+            min(
+                self.lambda_map,
+                self.lambda_rank,
+                self.cross_rank,
+                self.lambda_align,
+                self.map_bce,
+                self.deep_supervision,
+            )
+            >= 0,
+            "loss weights must be >= 0",
+        )
+        check_prob("map_balance", self.map_balance)
+        check_prob("color_jitter", self.color_jitter)
+        check(all(m >= 0 for m in self.margins), "margins must be >= 0")
+        check(self.anchors >= 0 and self.anchor_batch >= 0, "anchors and anchor_batch must be >= 0")
+        check(0.0 < self.tau < 1.0, f"tau must be in (0, 1), got {self.tau}")
+        check(0.0 <= self.gate_ramp <= 1.0, f"gate_ramp must be in [0, 1], got {self.gate_ramp}")
+        check(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        check(self.max_val_samples >= 0 and self.max_steps_per_epoch >= 0, "caps must be >= 0")
+        check(
+            self.val_batch >= 1 and self.num_workers >= 0 and self.threads >= 0,
+            "val_batch >= 1, workers/threads >= 0",
+        )
+        check(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            f"device must be auto, cpu or cuda[:N], got {self.device!r}",
+        )
+
+    def epochs_for(self, stage: int) -> int:
+        return self.epochs[min(stage, len(self.epochs) - 1)]
+
+
+# --------------------------------------------------------------------------------------------------
+# distributed helpers
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world: int
+    device: torch.device
+    owns_group: bool
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Dist:
+    """Join the process group that torchrun / accelerate describe in the environment (if any)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        owns = True
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    dev = torch.device(device)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(dev)
+    return Dist(rank, world, dev, owns)
+
+
+def _barrier(d: Dist) -> None:
+    if d.world > 1:
+        dist.barrier()
+
+
+def _all_finite(d: Dist, value: torch.Tensor) -> bool:
+    flag = torch.tensor([1.0 if bool(torch.isfinite(value)) else 0.0], device=d.device)
+    if d.world > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() > 0)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of all parameters and buffers (names and bytes), to compare replicas across ranks."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _gather_strings(d: Dist, s: str) -> list[str]:
+    if d.world == 1:
+        return [s]
+    out: list[Any] = [None] * d.world
+    dist.all_gather_object(out, s)
+    return [str(x) for x in out]
+
+
+# --------------------------------------------------------------------------------------------------
+# pieces of the loop
+
+
+def lr_at(cfg: RMTrainConfig, it: int, total: int) -> float:
+    """Linear warm-up then cosine decay to 10% of ``cfg.lr`` within one stage."""
+    if it < cfg.warmup_steps:
+        return cfg.lr * (it + 1) / cfg.warmup_steps
+    span = max(1, total - cfg.warmup_steps)
+    t = min(1.0, (it - cfg.warmup_steps) / span)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+def map_loss(cfg: RMTrainConfig, logits: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """L_map on the final map logits plus ``deep_supervision`` x the mean over the coarser stages."""
+
+    def one(z: torch.Tensor) -> torch.Tensor:
+        loss = map_l1_loss(torch.sigmoid(z), target, tau=cfg.tau, balance=cfg.map_balance)
+        if cfg.map_bce > 0:
+            loss = loss + cfg.map_bce * map_bce_loss(z, target, tau=cfg.tau, balance=cfg.map_balance)
+        return loss
+
+    total = one(logits[-1])
+    if len(logits) > 1 and cfg.deep_supervision > 0:
+        total = total + cfg.deep_supervision * torch.stack([one(z) for z in logits[:-1]]).mean()
+    return total
+
+
+def subsample_groups(samples: Sequence[dict[str, Any]], budget: int, seed: int) -> list[dict[str, Any]]:
+    """Whole groups (so ranking chains stay complete), in a seeded random order, up to ``budget`` samples."""
+    if not budget or len(samples) <= budget:
+        return list(samples)
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for s in samples:
+        by_group.setdefault(s["group"], []).append(s)
+    groups = sorted(by_group)
+    keep: list[dict[str, Any]] = []
+    for i in np.random.default_rng([seed, 11]).permutation(len(groups)):
+        members = by_group[groups[i]]
+        if keep and len(keep) + len(members) > budget:
+            break
+        keep.extend(members)
+    return sorted(keep, key=lambda s: s["id"])
+
+
+def pick_anchors(split: Split, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` fixed training samples (all roles) whose scores L_align pins across stages."""
+    uniq = {s["id"]: s for c in split.train_chains for s in c}
+    ids = sorted(uniq)
+    if n <= 0 or not ids:
+        return []
+    rng = np.random.default_rng([seed, 7])
+    chosen = rng.choice(len(ids), size=min(n, len(ids)), replace=False)
+    return [uniq[ids[i]] for i in sorted(chosen)]
+
+
+@torch.no_grad()
+def anchor_scores(model: RewardModel, images: torch.Tensor, batch: int) -> torch.Tensor:
+    """Scores of the anchor images in inference mode (no BatchNorm statistics are updated)."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(images[i : i + batch]).score for i in range(0, len(images), batch)])
+    model.train(was_training)
+    return out
+
+
+def _batches_by_size(ds: SampleDataset, batch: int) -> list[list[int]]:
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(ds.samples):
+        by_size.setdefault(tuple(s.get("crop", [0, 0, 0, 0])[2:]), []).append(i)
+    return [idx[j : j + batch] for idx in by_size.values() for j in range(0, len(idx), batch)]
+
+
+@torch.no_grad()
+def evaluate(
+    model: RewardModel,
+    root: Path,
+    samples: Sequence[dict[str, Any]],
+    chains: Sequence[Sequence[str]],
+    cfg: RMTrainConfig,
+    device: torch.device,
+    *,
+    with_baseline: bool = False,
+) -> dict[str, Any]:
+    """Validation metrics of ``model`` on held-out ``samples`` (and of the HF-energy baseline maps)."""
+    was_training = model.training
+    model.eval()
+    ds = SampleDataset(root, samples)
+    acc = MapMetricAccumulator(tau=cfg.tau)
+    base = MapMetricAccumulator(tau=cfg.tau)
+    base_inv = MapMetricAccumulator(tau=cfg.tau)
+    scores: dict[str, float] = {}
+    areas: dict[str, float] = {}
+    roles: dict[str, list[float]] = {}
+    role_of = {s["id"]: s["role"] for s in samples}
+    for idx in _batches_by_size(ds, cfg.val_batch):
+        b = collate_samples([ds[i] for i in idx])
+        x = b["image"].to(device)
+        out = model(x)
+        pred = out.map[:, 0].float().cpu().numpy()
+        gt = b["map"][:, 0].numpy()
+        hf = hf_energy_map(x)[:, 0].cpu().numpy() if with_baseline else None
+        for j, sid in enumerate(b["id"]):
+            acc.add(pred[j], gt[j])
+            if hf is not None:
+                base.add(hf[j], gt[j])
+                base_inv.add(1.0 - hf[j], gt[j])
+            scores[sid] = float(out.score[j])
+            areas[sid] = float(b["area"][j])
+            roles.setdefault(role_of[sid], []).append(scores[sid])
+    known = [c for c in chains if all(i in scores for i in c)]
+    res: dict[str, Any] = {**acc.result(), **score_metrics(scores, known, areas)}
+    res["score_mean_by_role"] = {r: float(np.mean(v)) for r, v in sorted(roles.items())}
+    all_scores = np.array(list(scores.values()))
+    res["score_p01_p99"] = [float(np.percentile(all_scores, 1)), float(np.percentile(all_scores, 99))]
+    if with_baseline:
+        res["baseline_hf"] = base.result()
+        res["baseline_smooth"] = base_inv.result()
+    model.train(was_training)
+    return res
+
+
+TARGETS = {"auroc": 0.85, "triplet_acc": 0.9, "srcc": 0.8}
+
+
+def evaluate_checkpoint(
+    data: str | Path,
+    checkpoint: str | Path | None = None,
+    stage: int | None = None,
+    *,
+    sources: Sequence[str] | None = None,
+    tau: float = 0.1,
+    max_samples: int = 0,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Held-out evaluation of a saved reward model on an FGR dataset (e.g. photos it never saw).
+
+    ``sources``: fnmatch patterns of the source photos to use (None: every sample). Returns the model's
+    metrics, the two HF-energy baseline orientations and their per-metric best, which metrics beat that
+    best, and which of the project targets (pixel AUROC, triplet accuracy, SRCC) are met.
+    """
+    import fnmatch
+
+    from ..data.manifest import chains as make_chains
+    from ..data.manifest import read_manifest
+
+    root = Path(data)
+    rows = read_manifest(root)
+    if sources is not None:
+        rows = [r for r in rows if any(fnmatch.fnmatchcase(r["source_image"], p) for p in sources)]
+    if not rows:
+        raise FinPercepError(f"{root}: no samples from sources {sources}")
+    rows = subsample_groups(rows, max_samples, 0)
+    model = RewardModel.from_pretrained(checkpoint, stage, device=device)
+    cfg = RMTrainConfig(data=str(root), tau=tau)
+    chain_ids = [[s["id"] for s in c] for c in make_chains(rows)]
+    res = evaluate(model, root, rows, chain_ids, cfg, torch.device(device), with_baseline=True)
+    hf, smooth = res.pop("baseline_hf"), res.pop("baseline_smooth")
+    best = best_baseline(hf, smooth)
+    return {
+        "stage": model.stage,
+        "samples": len(rows),
+        "chains": len(chain_ids),
+        "model": res,
+        "baseline": {"hf": hf, "smooth": smooth, "best": best},
+        "beats_baseline": beats(res, best),
+        "targets_met": {k: bool(res[k] >= v) for k, v in TARGETS.items()},
+    }
+
+
+def best_baseline(b: dict[str, float], s: dict[str, float]) -> dict[str, float]:
+    """Per metric, the better of the two baseline orientations (HF energy = defect, smoothness = defect)."""
+    from .metrics import HIGHER_IS_BETTER
+
+    out = {}
+    for k in b:
+        vals = [v for v in (b[k], s[k]) if not math.isnan(v)]
+        out[k] = (max(vals) if HIGHER_IS_BETTER[k] else min(vals)) if vals else float("nan")
+    return out
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_state(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _check_resume(out: Path, cfg: RMTrainConfig, model_cfg: RMConfig | None) -> RMConfig | None:
+    """The saved model config of a run in ``out``; refuses a different training configuration."""
+    tpath, mpath = out / "train_config.json", out / "model_config.json"
+    if not tpath.is_file():
+        return None
+    saved = json.loads(tpath.read_text())
+    ignore = {"out", "num_workers", "progress", "threads", "device", "val_batch", "curves", "export"}
+    now = to_dict(cfg)
+    diff = sorted(
+        k
+        for k in set(saved) | set(now)
+        if k not in ignore and json.dumps(saved.get(k)) != json.dumps(now.get(k))
+    )
+    if diff:
+        raise FinPercepError(
+            f"{out} holds a run with different settings ({', '.join(diff)}); use another --out"
+        )
+    saved_model = from_dict(RMConfig, json.loads(mpath.read_text()))
+    if model_cfg is not None and dataclasses.replace(model_cfg, stage=0) != saved_model:
+        raise FinPercepError(f"{out} holds a run with a different model configuration; use another --out")
+    return saved_model
+
+
+# --------------------------------------------------------------------------------------------------
+# the training run
+
+
+def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
+    """Train RM_0 ... RM_{cfg.stages} on ``cfg.data``; returns the folder of the last stage."""
+    d = setup_distributed(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    root = Path(cfg.data)
+    split = load_split(root, cfg.val_sources, cfg.val_fraction)
+
+    # configuration and resume point
+    saved_model_cfg = _check_resume(out, cfg, model_cfg)
+    model_cfg = dataclasses.replace(saved_model_cfg or model_cfg or RMConfig(init_seed=cfg.seed), stage=0)
+    state = _load_state(out / STATE_NAME)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "train_config.json", to_dict(cfg))
+        atomic_write_json(out / "model_config.json", to_dict(model_cfg))
+        atomic_write_json(
+            out / "split.json",
+            {
+                "train_sources": split.train_sources,
+                "val_sources": split.val_sources,
+                "train_chains": len(split.train_chains),
+                "val_chains": len(split.val_chains),
+                "val_samples": len(split.val_samples),
+            },
+        )
+    model = RewardModel(model_cfg).to(d.device)
+    if cfg.stages > model.num_levels:
+        raise FinPercepError(
+            f"--stages {cfg.stages} exceeds the decoder depth N={model.num_levels} of this encoder"
+        )
+    history: list[dict[str, Any]] = []
+    start_stage, start_epoch = 0, 0
+    if state is not None:
+        while model.stage < state["stage"]:
+            model.grow()
+        model.load_state_dict(state["model"])
+        history = state["history"]
+        start_stage, start_epoch = state["stage"], state["epoch"]
+        logger.info("resuming from %s: stage %d, %d epochs done", out / STATE_NAME, start_stage, start_epoch)
+    val_samples = subsample_groups(split.val_samples, cfg.max_val_samples, cfg.seed)
+    val_chain_ids = [[s["id"] for s in c] for c in split.val_chains]
+    baseline: dict[str, Any] | None = state.get("baseline") if state else None
+
+    anchors = pick_anchors(split, cfg.anchors, cfg.seed)
+    anchor_ds = SampleDataset(root, anchors, crop=cfg.crop)
+    anchor_images = torch.stack([anchor_ds[i]["image"] for i in range(len(anchor_ds))]) if anchors else None
+    train_ds = ChainDataset(root, split.train_chains, crop=cfg.crop, augment=True, color=cfg.color_jitter)
+    per_rank = len(train_ds) // d.world
+    if per_rank == 0:
+        raise FinPercepError(f"{len(train_ds)} training chains cannot be shared by {d.world} processes")
+    bc = min(cfg.batch_chains, per_rank)
+    steps_per_epoch = per_rank // bc
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    show = cfg.progress and d.main and sys.stderr.isatty()
+    logger.info(
+        "RM training on %d train chains (%s), validating on %d samples (%s); "
+        "%d process(es) on %s, %d steps per epoch",
+        len(split.train_chains),
+        ", ".join(split.train_sources),
+        len(split.val_samples),
+        ", ".join(split.val_sources),
+        d.world,
+        d.device,
+        steps_per_epoch,
+    )
+
+    for stage in range(start_stage, cfg.stages + 1):
+        resuming = state is not None and stage == start_stage
+        if not resuming or model.stage < stage:
+            while model.stage < stage:
+                model.grow()
+            model.to(d.device)
+        epochs = cfg.epochs_for(stage)
+        # L_align reference: anchor scores at the moment of growth (equal to RM_{k-1}'s, see RewardModel.grow)
+        if resuming and "anchor_ref" in state:
+            anchor_ref = state["anchor_ref"]
+        elif anchor_images is not None and stage > 0:
+            anchor_ref = anchor_scores(model, anchor_images.to(d.device), cfg.val_batch).cpu()
+        else:
+            anchor_ref = None
+        anchor_scale = (
+            max(float(anchor_ref.std()), 1e-3) if anchor_ref is not None and len(anchor_ref) > 1 else 1.0
+        )
+        params = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+        )
+        if resuming and state.get("optimizer") is not None:
+            opt.load_state_dict(state["optimizer"])
+        ddp = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
+        train_ds.seed = int(np.random.SeedSequence([cfg.seed, stage]).generate_state(1)[0])
+        total_steps = epochs * steps_per_epoch
+
+        for epoch in range(start_epoch if resuming else 0, epochs):
+            model.train()
+            train_ds.set_epoch(epoch)
+            order = np.random.default_rng([cfg.seed, stage, epoch]).permutation(len(train_ds))
+            mine = order[: per_rank * d.world][d.rank :: d.world][: steps_per_epoch * bc].tolist()
+            loader = DataLoader(
+                train_ds,
+                batch_size=bc,
+                sampler=mine,
+                collate_fn=collate_chains,
+                num_workers=cfg.num_workers,
+                drop_last=True,
+            )
+            sums: dict[str, float] = {}
+            bar = tqdm(
+                loader, total=steps_per_epoch, desc=f"RM_{stage} epoch {epoch + 1}/{epochs}", disable=not show
+            )
+            for step, batch in enumerate(bar):
+                it = epoch * steps_per_epoch + step
+                lr = lr_at(cfg, it, total_steps)
+                if stage == 1 and model.gate is not None:
+                    model.set_gate(min(1.0, (it + 1) / max(1.0, cfg.gate_ramp * total_steps)))
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                c, k = batch["images"].shape[:2]
+                x = batch["images"].flatten(0, 1).to(d.device)
+                target = batch["maps"].flatten(0, 1).to(d.device)
+                a_idx: np.ndarray | None = None
+                if anchor_ref is not None and cfg.anchor_batch > 0 and cfg.lambda_align > 0:
+                    a_idx = np.random.default_rng([cfg.seed, stage, epoch, step, 3]).choice(
+                        len(anchor_ref), size=min(cfg.anchor_batch, len(anchor_ref)), replace=False
+                    )
+                    x = torch.cat([x, anchor_images[a_idx].to(d.device)])
+                res = ddp(x)
+                scores = res.score[: c * k].view(c, k)
+                l_rank = rank_loss(scores, cfg.margins)
+                if cfg.cross_rank > 0 and c > 1:
+                    l_rank = l_rank + cfg.cross_rank * cross_rank_loss(scores, cfg.margins)
+                l_map = (
+                    map_loss(cfg, [z[: c * k] for z in res.map_logits], target)
+                    if res.map_logits
+                    else torch.zeros((), device=d.device)
+                )
+                l_align = (
+                    align_loss(res.score[c * k :], anchor_ref[a_idx].to(d.device), anchor_scale)
+                    if a_idx is not None
+                    else torch.zeros((), device=d.device)
+                )
+                loss = cfg.lambda_map * l_map + cfg.lambda_rank * l_rank + cfg.lambda_align * l_align
+                if not _all_finite(d, loss):
+                    raise FinPercepError(
+                        f"non-finite loss at stage {stage}, epoch {epoch + 1}, step {step + 1} "
+                        f"(rank {d.rank}): "
+                        f"L_map={float(l_map):.4g} L_rank={float(l_rank):.4g} L_align={float(l_align):.4g}; "
+                        f"batch samples: {[i for ids in batch['ids'] for i in ids]}"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                for name, v in (("loss", loss), ("l_map", l_map), ("l_rank", l_rank), ("l_align", l_align)):
+                    sums[name] = sums.get(name, 0.0) + float(v.detach())
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.2e}")
+            bar.close()
+            n_steps = max(1, steps_per_epoch)
+            train_losses = {k: v / n_steps for k, v in sums.items()}
+
+            record: dict[str, Any] = {"stage": stage, "epoch": epoch + 1, "train": train_losses}
+            if d.main and val_samples:
+                val = evaluate(
+                    model, root, val_samples, val_chain_ids, cfg, d.device, with_baseline=baseline is None
+                )
+                if baseline is None:
+                    baseline = {"hf": val.pop("baseline_hf"), "smooth": val.pop("baseline_smooth")}
+                    baseline["best"] = best_baseline(baseline["hf"], baseline["smooth"])
+                record["val"] = val
+                logger.info(
+                    "RM_%d epoch %d/%d: loss %.4f | AUROC %.3f CC %.3f triplet %.3f SRCC %.3f",
+                    stage,
+                    epoch + 1,
+                    epochs,
+                    train_losses.get("loss", float("nan")),
+                    val["auroc"],
+                    val["cc"],
+                    val["triplet_acc"],
+                    val["srcc"],
+                )
+            history.append(record)
+            if d.main:
+                _save_state(
+                    out / STATE_NAME,
+                    {
+                        "stage": stage,
+                        "epoch": epoch + 1,
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "anchor_ref": anchor_ref,
+                        "history": history,
+                        "baseline": baseline,
+                    },
+                )
+                atomic_write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+                if cfg.curves == "epoch":
+                    plot_curves(history, out / "curves.png", baseline["best"] if baseline else None)
+            _barrier(d)
+
+        # end of stage: check replicas agree, save RM_k
+        if d.world > 1:
+            for buf in model.buffers():  # BatchNorm statistics: DDP syncs them at each forward, not after
+                dist.broadcast(buf, 0)
+        fingerprints = _gather_strings(d, weights_fingerprint(model))
+        if len(set(fingerprints)) != 1:
+            raise FinPercepError(f"stage {stage}: model replicas differ across processes: {fingerprints}")
+        if d.main:
+            last_val = next((h["val"] for h in reversed(history) if h["stage"] == stage and "val" in h), None)
+            if last_val is not None:
+                lo, hi = last_val["score_p01_p99"]
+                model.config = dataclasses.replace(model.config, score_range=(round(lo, 4), round(hi, 4)))
+            stage_dir = model.save_pretrained(out / f"stage_{stage}")
+            atomic_write_json(
+                stage_dir / "metrics.json",
+                {
+                    "stage": stage,
+                    "val": last_val,
+                    "baseline": baseline,
+                    "beats_baseline": beats(last_val, baseline["best"]) if last_val and baseline else None,
+                    "world_size": d.world,
+                    "rank_fingerprints": fingerprints,
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                },
+            )
+            if cfg.curves != "off" and history:
+                plot_curves(history, out / "curves.png", baseline["best"] if baseline else None)
+            logger.info("saved RM_%d to %s", stage, stage_dir)
+        _barrier(d)
+        state = None
+
+    if d.main:
+        summary = {
+            f"stage_{h['stage']}": h.get("val") for h in history if h["epoch"] == cfg.epochs_for(h["stage"])
+        }
+        atomic_write_json(out / "summary.json", {"stages": summary, "baseline": baseline})
+        if cfg.export:
+            export_stages(out, Path(cfg.export), cfg, split)
+    if d.owns_group:
+        dist.destroy_process_group()
+    return out / f"stage_{cfg.stages}"
+
+
+def export_stages(run: Path, dest: Path, cfg: RMTrainConfig, split: Split) -> Path:
+    """Copy RM_0..RM_N of ``run`` to ``dest`` with float16 weights, plus ``provenance.json``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    stages = {}
+    for k in range(cfg.stages + 1):
+        model = RewardModel.from_pretrained(run, stage=k)
+        model.save_pretrained(dest / f"stage_{k}", dtype=torch.float16)
+        metrics = json.loads((run / f"stage_{k}" / "metrics.json").read_text())
+        atomic_write_json(dest / f"stage_{k}" / "metrics.json", metrics)
+        stages[f"stage_{k}"] = {
+            "parameters": metrics.get("parameters"),
+            "val": metrics.get("val"),
+            "beats_baseline": metrics.get("beats_baseline"),
+        }
+    atomic_write_json(
+        dest / "provenance.json",
+        {
+            "train_config": {**to_dict(cfg), "out": str(run), "export": str(dest)},
+            "model_config": json.loads((run / "model_config.json").read_text()),
+            "train_sources": split.train_sources,
+            "val_sources": split.val_sources,
+            "train_chains": len(split.train_chains),
+            "val_samples": len(split.val_samples),
+            "stages": stages,
+        },
+    )
+    logger.info("exported RM_0..RM_%d to %s", cfg.stages, dest)
+    return dest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m finpercep.rm.train`` (for torchrun / accelerate launch); same options as ``rm train``."""
+    import argparse
+
+    from ..config import add_arguments, from_args
+
+    p = argparse.ArgumentParser(prog="finpercep.rm.train", description=__doc__.splitlines()[0])
+    add_arguments(p, RMTrainConfig)
+    add_arguments(p, RMConfig, prefix="model_", skip=("stage",))
+    ns = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = from_args(RMTrainConfig, ns)
+    try:
+        path = train(cfg, from_args(RMConfig, ns, prefix="model_"))
+    except FinPercepError as exc:
+        sys.stderr.write(f"finpercep: error: {exc}\n")
+        return 2
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Reward-model validation metrics against brute-force definitions and known cases."""
+
+from __future__ import annotations
+
+from itertools import product
+
+import numpy as np
+import pytest
+import torch
+
+from finpercep.rm.metrics import (
+    MapMetricAccumulator,
+    auc_judd,
+    auroc,
+    beats,
+    cc,
+    hf_energy_map,
+    kld,
+    nss,
+    pairwise_accuracy,
+    score_metrics,
+    sim,
+    spearman,
+    triplet_accuracy,
+)
+
+
+def _auroc_bruteforce(s: np.ndarray, y: np.ndarray) -> float:
+    pos, neg = s[y], s[~y]
+    wins = sum((p > n) + 0.5 * (p == n) for p, n in product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+def test_auroc_matches_pair_counting_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 5, 60).astype(float)  # many ties
+    y = rng.random(60) < 0.3
+    assert auroc(s, y) == pytest.approx(_auroc_bruteforce(s, y))
+    assert auroc(y.astype(float), y) == 1.0
+    assert auroc(-y.astype(float), y) == 0.0
+    assert np.isnan(auroc(s, np.zeros(60, bool)))
+
+
+def test_saliency_metrics_on_identical_and_unrelated_maps() -> None:
+    rng = np.random.default_rng(1)
+    gt = np.zeros((32, 32))
+    gt[8:16, 8:20] = 1.0
+    fix = gt > 0.5
+    assert cc(gt, gt) == pytest.approx(1.0)
+    assert cc(1 - gt, gt) == pytest.approx(-1.0)
+    assert kld(gt, gt) == pytest.approx(0.0, abs=1e-9)
+    assert sim(gt, gt) == pytest.approx(1.0)
+    noise = rng.random((32, 32))
+    assert kld(noise, gt) > 1.0
+    assert sim(noise, gt) < 0.5
+    assert nss(gt, fix) > 2.0 and nss(1 - gt, fix) < -2.0
+    assert nss(np.ones_like(gt), fix) == 0.0
+
+
+def test_auc_judd_perfect_constant_and_inverted() -> None:
+    gt = np.zeros((20, 20), bool)
+    gt[5:9, 5:9] = True
+    assert auc_judd(gt.astype(float), gt) == pytest.approx(1.0)
+    assert auc_judd(np.ones((20, 20)), gt) == pytest.approx(0.5)
+    assert auc_judd(1.0 - gt, gt) <= 0.5  # thresholds only at fixation values: no credit below chance
+    rng = np.random.default_rng(2)
+    s = rng.random((20, 20))
+    assert auc_judd(s, gt) == pytest.approx(_auc_judd_reference(s, gt))
+    assert auc_judd(s, gt) >= auroc(s, gt)  # chords between fixation thresholds lie above the staircase
+
+
+def _auc_judd_reference(s: np.ndarray, fix: np.ndarray) -> float:
+    """The MIT saliency benchmark's loop (distinct values), written out."""
+    s, fix = s.ravel(), fix.ravel()
+    thresholds = sorted(s[fix], reverse=True)
+    n_fix, n_pix = len(thresholds), s.size
+    tp, fp = [0.0], [0.0]
+    for i, t in enumerate(thresholds):
+        above = int((s >= t).sum())
+        tp.append((i + 1) / n_fix)
+        fp.append((above - (i + 1)) / (n_pix - n_fix))
+    tp.append(1.0)
+    fp.append(1.0)
+    return float(np.trapezoid(tp, fp))
+
+
+def test_chain_accuracies_and_spearman() -> None:
+    good = np.array([[4.0, 3.0, 2.0, 1.0]])
+    assert triplet_accuracy(good) == 1.0 and pairwise_accuracy(good) == 1.0
+    swapped = np.array([[4.0, 2.0, 3.0, 1.0]])  # small/large swapped
+    # triples: (0,1,2) bad, (0,1,3) ok, (0,2,3) ok, (1,2,3) bad
+    assert triplet_accuracy(swapped) == 0.5
+    assert pairwise_accuracy(swapped) == pytest.approx(5 / 6)
+    valid = np.array([[True, True, False, True]])  # the swapped member is missing
+    assert triplet_accuracy(swapped, valid) == 1.0
+    assert spearman([1, 2, 3, 4], [10, 20, 25, 40]) == pytest.approx(1.0)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_score_metrics_uses_minus_area() -> None:
+    scores = {"a": 1.0, "b": 0.5, "c": 0.1, "d": -1.0}
+    areas = {"a": 0.0, "b": 0.1, "c": 0.4, "d": 1.0}
+    m = score_metrics(scores, [["a", "b", "c", "d"]], areas)
+    assert m["srcc"] == pytest.approx(1.0) and m["triplet_acc"] == 1.0
+
+
+def test_hf_energy_map_highlights_texture() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((1, 3, 64, 64), 0.5)
+    x[:, :, :, 32:] += 0.2 * (torch.rand(1, 1, 64, 32, generator=g) - 0.5)
+    m = hf_energy_map(x)
+    assert m.shape == (1, 1, 64, 64)
+    assert float(m.min()) == pytest.approx(0.0) and float(m.max()) == pytest.approx(1.0)
+    assert m[..., 40:].mean() > 5 * m[..., :24].mean()
+
+
+def test_accumulator_separates_clean_and_defect_maps() -> None:
+    acc = MapMetricAccumulator(tau=0.1, stride=1)
+    gt = np.zeros((16, 16), np.float32)
+    gt[4:8, 4:8] = 0.9
+    acc.add(gt.copy(), gt)  # perfect on a defect map
+    acc.add(np.full((16, 16), 0.2, np.float32), np.zeros((16, 16), np.float32))  # clean map, slightly lit
+    r = acc.result()
+    assert r["auroc"] > 0.99 and r["cc"] == pytest.approx(1.0)
+    assert r["mse_clean"] == pytest.approx(0.04)
+    wins = beats(r, {**r, "kld": r["kld"] + 1, "cc": 2.0})  # equal elsewhere: no strict win
+    assert wins == {k: k == "kld" for k in ("auroc", "cc", "kld", "sim", "nss", "auc_judd", "mse_clean")}

@@ -1,0 +1,234 @@
+"""RewardModel: shapes, stage growth, save/load, input checks, differentiability, pyiqa-style use."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from finpercep.errors import FinPercepError
+from finpercep.io import save_png
+from finpercep.rm import RewardModel, RMConfig, RMInputError, RMOutput
+from finpercep.rm.model import default_checkpoint_dir
+
+TINY = RMConfig(cnn_widths=(8, 12, 16), cnn_blocks=(1, 1, 1), head_hidden=8, decoder_widths=(4, 8, 8))
+
+
+def _x(b: int = 2, h: int = 40, w: int = 56, seed: int = 0) -> torch.Tensor:
+    return torch.rand(b, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _perturb(model: RewardModel, seed: int = 0, scale: float = 0.05) -> None:
+    """Move every parameter off its initial value (zero heads, zero gate) to test non-trivial states."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("size", [(32, 32), (33, 47), (64, 40)])
+def test_output_shapes_and_ranges(size: tuple[int, int]) -> None:
+    model = RewardModel(TINY).eval()
+    with torch.no_grad():
+        out = model(_x(3, *size))
+    assert isinstance(out, RMOutput)
+    assert out.score.shape == (3,)
+    assert out.map.shape == (3, 1, *size)
+    assert float(out.map.min()) >= 0.0 and float(out.map.max()) <= 1.0
+    assert len(out.map_logits) == model.stage == model.num_levels == 3
+
+
+def test_rm0_is_a_global_model_with_a_constant_map() -> None:
+    model = RewardModel(replace(TINY, stage=0)).eval()
+    out = model(_x())
+    assert model.stage == 0 and model.gate is None and len(model.blocks) == 0
+    assert torch.equal(out.map, torch.ones_like(out.map))
+    assert out.map_logits == ()
+
+
+@pytest.mark.parametrize("norm", ["group", "batch", "none"])
+def test_growth_keeps_parameters_and_outputs(norm: str) -> None:
+    """RM_k == RM_{k-1} at growth: scores for k = 1 (zero gate), scores and maps for k >= 2 (zero heads)."""
+    model = RewardModel(replace(TINY, stage=0, norm=norm)).eval()
+    x = _x()
+    for k in range(1, model.num_levels + 1):
+        _perturb(model, seed=k)  # a trained-looking RM_{k-1}
+        before = model(x)
+        old_state = {n: t.clone() for n, t in model.state_dict().items()}
+        model.grow()
+        after = model(x)
+        assert model.stage == k and model.config.stage == k
+        torch.testing.assert_close(after.score, before.score, rtol=0, atol=1e-6)
+        if k >= 2:
+            torch.testing.assert_close(after.map, before.map, rtol=0, atol=1e-6)
+        new_state = model.state_dict()
+        for n, t in old_state.items():
+            assert torch.equal(new_state[n], t), f"{n} changed during growth"
+        added = set(new_state) - set(old_state)
+        assert added and all(n.startswith(f"blocks.{k - 1}.") or n == "gate" for n in added)
+        assert set(model.new_parameter_names()) == added & {n for n, _ in model.named_parameters()}
+        assert all(m.training is False for m in model.modules())  # the new block follows the model's mode
+    with pytest.raises(FinPercepError, match="already the full model"):
+        model.grow()
+
+
+def test_score_depends_on_the_map_once_the_gate_opens() -> None:
+    model = RewardModel(replace(TINY, stage=1)).eval()
+    x = _x()
+    pooled, m, _ = model.forward_parts(x)
+    with torch.no_grad():
+        model.gate.fill_(1.0)
+    pooled_dark = model.pool(model.encoder(x)[-1], torch.zeros_like(m))
+    assert torch.count_nonzero(pooled_dark) == 0  # M == 0 everywhere: nothing pooled, the score is MLP(0)
+    pooled_lit = model.pool(model.encoder(x)[-1], torch.ones_like(m))
+    torch.testing.assert_close(pooled_lit, pooled)  # M == 1 recovers the ungated RM_0 pooling
+
+
+def test_gate_is_a_bounded_buffer() -> None:
+    model = RewardModel(replace(TINY, stage=1))
+    assert float(model.gate) == 0.0 and "gate" in model.state_dict()
+    assert all(p is not model.gate for p in model.parameters())
+    model.set_gate(0.25)
+    assert float(model.gate) == 0.25
+    with pytest.raises(FinPercepError, match=r"\[0, 1\]"):
+        model.set_gate(1.5)
+    with pytest.raises(FinPercepError, match="no gate"):
+        RewardModel(replace(TINY, stage=0)).set_gate(1.0)
+
+
+def test_direct_construction_equals_sequential_growth() -> None:
+    a = RewardModel(TINY)
+    b = RewardModel(replace(TINY, stage=0))
+    while b.stage < b.num_levels:
+        b.grow()
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    c = RewardModel(replace(TINY, init_seed=1))
+    assert not torch.equal(c.state_dict()["score_head.fc1.weight"], sa["score_head.fc1.weight"])
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    model = RewardModel(replace(TINY, stage=2, score_range=(-0.5, 0.7))).eval()
+    _perturb(model)
+    model.save_pretrained(tmp_path / "rm")
+    meta = json.loads((tmp_path / "rm" / "config.json").read_text())
+    assert meta["stage"] == 2 and meta["format"] == "finpercep-rm"
+    loaded = RewardModel.from_pretrained(tmp_path / "rm")
+    assert loaded.stage == 2 and not loaded.training
+    assert loaded.score_range == "~-0.5, ~0.7"
+    x = _x()
+    a, b = model(x), loaded(x)
+    assert torch.equal(a.score, b.score) and torch.equal(a.map, b.map)
+    assert RewardModel.from_pretrained(tmp_path / "rm" / "model.safetensors").stage == 2
+
+
+def test_from_pretrained_picks_stages_in_a_run_folder(tmp_path: Path) -> None:
+    model = RewardModel(replace(TINY, stage=0))
+    for k in range(3):
+        if k:
+            model.grow()
+        model.save_pretrained(tmp_path / f"stage_{k}")
+    assert RewardModel.from_pretrained(tmp_path).stage == 2
+    assert RewardModel.from_pretrained(tmp_path, stage=1).stage == 1
+    assert RewardModel.from_pretrained(tmp_path / "stage_2", stage=0).stage == 0  # sibling stage folder
+    with pytest.raises(FinPercepError, match="available stages"):
+        RewardModel.from_pretrained(tmp_path, stage=3)
+    with pytest.raises(FinPercepError, match="not found"):
+        RewardModel.from_pretrained(tmp_path / "nope")
+
+
+def test_from_pretrained_default() -> None:
+    if not (default_checkpoint_dir()).exists():
+        with pytest.raises(FinPercepError, match="no packaged default"):
+            RewardModel.from_pretrained()
+        return
+    model = RewardModel.from_pretrained()
+    assert model.stage == model.num_levels
+    out = model(_x(1, 64, 64))
+    assert out.map.shape == (1, 1, 64, 64) and torch.isfinite(out.score).all()
+    assert RewardModel.from_pretrained(stage=0).stage == 0
+
+
+@pytest.mark.parametrize(
+    ("x", "match"),
+    [
+        (np.zeros((1, 3, 64, 64), np.float32), "torch.Tensor"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), r"x.float\(\) / 255"),
+        (torch.zeros(3, 64, 64), r"batch dimension"),
+        (torch.zeros(1, 64, 64, 3), "channels last"),
+        (torch.zeros(1, 3, 31, 64), "at least 32x32"),
+        (torch.full((1, 3, 64, 64), 255.0), r"range \[255, 255\]"),
+        (torch.full((1, 3, 64, 64), -1.0), r"\[-1, 1\]"),
+        (torch.full((1, 3, 64, 64), float("nan")), "NaN"),
+        (torch.zeros(0, 3, 64, 64), "empty batch"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(x: object, match: str) -> None:
+    model = RewardModel(TINY)
+    with pytest.raises(RMInputError, match=match):
+        model(x)
+
+
+def test_other_float_dtypes_are_accepted() -> None:
+    model = RewardModel(TINY).eval()
+    x = _x()
+    ref = model(x).score
+    torch.testing.assert_close(model(x.double()).score, ref)
+    assert model(x.half()).score.dtype == torch.float32
+
+
+def test_gradcheck_wrt_input() -> None:
+    """Finite differences agree with autograd along random input directions (float64, tiny model)."""
+    model = RewardModel(TINY).double().eval()
+    _perturb(model, scale=0.1)
+    with torch.no_grad():
+        model.gate.fill_(0.7)
+    g = torch.Generator().manual_seed(0)
+    x0 = 0.25 + 0.5 * torch.rand(1, 3, 32, 32, generator=g, dtype=torch.float64)
+    dirs = 0.05 * torch.randn(4, 1, 3, 32, 32, generator=g, dtype=torch.float64)
+    proj = torch.randn(1, 1, 32, 32, generator=g, dtype=torch.float64)
+
+    def f(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x0 + (a.view(4, 1, 1, 1, 1) * dirs).sum(0)
+        out = model(x)
+        return out.score, (out.map * proj).sum().view(1)
+
+    a = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (a,), eps=1e-6, atol=1e-6, rtol=1e-4)
+    x = x0.clone().requires_grad_(True)
+    model(x).score.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_pyiqa_style_attributes_and_paths(tmp_path: Path) -> None:
+    model = RewardModel(TINY).eval()
+    assert model.lower_better is False and model.metric_mode == "NR" and model.score_range.startswith("~")
+    imgs = _x(2, 48, 48)
+    paths = []
+    for i in range(2):
+        p = tmp_path / f"im{i}.png"
+        save_png(p, imgs[i].permute(1, 2, 0).numpy())
+        paths.append(p)
+    from_files = model(paths)
+    from_tensor = model(torch.from_numpy(np.stack([np.asarray(_load(p)) for p in paths])).permute(0, 3, 1, 2))
+    torch.testing.assert_close(from_files.score, from_tensor.score)
+    assert model(str(paths[0])).score.shape == (1,)
+    metric = model.as_metric()
+    torch.testing.assert_close(metric(paths), from_files.score)
+    assert metric.lower_better is False
+    loss = model.as_metric(as_loss=True, loss_weight=2.0)(paths)
+    torch.testing.assert_close(loss, -2.0 * from_files.score.mean())
+    other = tmp_path / "big.png"
+    save_png(other, _x(1, 64, 64)[0].permute(1, 2, 0).numpy())
+    with pytest.raises(RMInputError, match="different sizes"):
+        model([paths[0], other])
+
+
+def _load(p: Path) -> np.ndarray:
+    from finpercep.io import load_image
+
+    return load_image(p)

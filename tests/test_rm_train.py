@@ -1,0 +1,226 @@
+"""Reward-model data split, chain augmentation, staged training, resume, NaN reporting and 2-process DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from finpercep.errors import FinPercepError
+from finpercep.rm import RewardModel, RMConfig
+from finpercep.rm import train as train_mod
+from finpercep.rm.dataset import ChainDataset, load_split, split_sources
+from finpercep.rm.fakedata import write_fake_dataset
+from finpercep.rm.train import RMTrainConfig, evaluate_checkpoint, train, weights_fingerprint
+
+TINY = RMConfig(cnn_widths=(8, 12, 16), cnn_blocks=(1, 1, 1), head_hidden=8, decoder_widths=(4, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def fake_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fake_dataset(tmp_path_factory.mktemp("fgr"), groups_per_source=2, size=64)
+
+
+def _cfg(data: Path, out: Path, **kw: object) -> RMTrainConfig:
+    base = dict(data=str(data), out=str(out), stages=2, epochs=(1,), batch_chains=2, crop=48, anchors=4,
+                anchor_batch=2, val_sources=("tex_c",), max_steps_per_epoch=2, threads=1, progress=False)
+    base.update(kw)
+    return RMTrainConfig(**base)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_split_sources_rules() -> None:
+    srcs = ["astronaut", "coffee", "motorcycle_left", "motorcycle_right", "rocket"]
+    train_s, val_s = split_sources(srcs, ("coffee", "motorcycle_*"), 0.25)
+    assert val_s == ["coffee", "motorcycle_left", "motorcycle_right"] and train_s == ["astronaut", "rocket"]
+    mine = [f"photos/img{i:02d}.jpg" for i in range(40)]
+    t2, v2 = split_sources(mine, ("coffee",), 0.25)  # no pattern matches: stable hash rule
+    assert 0 < len(v2) < 40 and set(t2).isdisjoint(v2) and set(t2) | set(v2) == set(mine)
+    assert split_sources(mine, ("coffee",), 0.25) == (t2, v2)
+    with pytest.raises(FinPercepError, match="nothing left to train"):
+        split_sources(["a", "b"], ("*",), 0.25)
+    with pytest.raises(FinPercepError, match="at least 2"):
+        split_sources(["a", "a"], (), 0.25)
+
+
+def test_load_split_never_trains_on_held_out_photos(fake_data: Path) -> None:
+    split = load_split(fake_data, ("tex_c",), 0.25)
+    assert split.val_sources == ("tex_c",)
+    assert all(s["source_image"] != "tex_c" for c in split.train_chains for s in c)
+    assert {s["source_image"] for s in split.val_samples} == {"tex_c"}
+    assert all([s["role"] for s in c] == ["gt", "small", "large", "sr"] for c in split.train_chains)
+    assert len(split.train_chains) == 8 and len(split.val_chains) == 4 and len(split.val_samples) == 2 * 7
+
+
+@pytest.mark.parametrize("color", [0.0, 1.0])
+def test_chain_augmentation_is_shared_by_the_chain_and_seeded(fake_data: Path, color: float) -> None:
+    split = load_split(fake_data, ("tex_c",), 0.25)
+    ds = ChainDataset(fake_data, split.train_chains, crop=40, seed=3, color=color)
+    item = ds[1]
+    imgs, maps = item["images"], item["maps"]
+    assert imgs.shape == (4, 3, 40, 40) and maps.shape == (4, 1, 40, 40)
+    assert float(maps[0].abs().max()) == 0.0  # the GT has no defects
+    clean = maps[1, 0] == 0  # outside the small swap the swapped image is the GT itself
+    assert clean.any() and torch.equal(imgs[1][:, clean], imgs[0][:, clean])
+    assert torch.equal(ds[1]["images"], imgs)
+    plain = ChainDataset(fake_data, split.train_chains, crop=40, seed=3)[1]["images"]
+    assert torch.equal(imgs, plain) == (color == 0.0)  # same crop and flips; colours changed when asked
+    assert float(imgs.min()) >= 0.0 and float(imgs.max()) <= 1.0
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1]["images"], imgs)
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_staged_training_saves_every_stage(fake_data: Path, tmp_path: Path) -> None:
+    last = train(_cfg(fake_data, tmp_path / "run", export=str(tmp_path / "exp")), TINY)
+    run = tmp_path / "run"
+    assert last == run / "stage_2"
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for k in range(3):  # the export holds every stage with float16 weights, loading back to float32
+        exported = RewardModel.from_pretrained(tmp_path / "exp", stage=k)
+        assert exported.stage == k and next(exported.parameters()).dtype == torch.float32
+        weights = load_file(str(tmp_path / "exp" / f"stage_{k}" / "model.safetensors"))
+        assert all(t.dtype == torch.float16 for t in weights.values() if t.is_floating_point())
+        with torch.no_grad():
+            ref = RewardModel.from_pretrained(run, stage=k)(x)
+            torch.testing.assert_close(exported(x).score, ref.score, atol=2e-3, rtol=1e-2)
+    held_out = evaluate_checkpoint(fake_data, run, sources=("tex_c",))  # the run's own validation, re-done
+    final = json.loads((run / "stage_2" / "metrics.json").read_text())
+    assert held_out["stage"] == 2 and held_out["samples"] == 14 and held_out["chains"] == 4
+    for key in ("auroc", "cc", "kld", "triplet_acc", "srcc", "mse_clean"):
+        assert held_out["model"][key] == pytest.approx(final["val"][key], abs=1e-6)
+    assert held_out["baseline"]["best"] == pytest.approx(final["baseline"]["best"])
+    assert set(held_out["targets_met"]) == {"auroc", "triplet_acc", "srcc"}
+    prov = json.loads((tmp_path / "exp" / "provenance.json").read_text())
+    assert prov["val_sources"] == ["tex_c"] and set(prov["stages"]) == {"stage_0", "stage_1", "stage_2"}
+    for k in range(3):
+        m = RewardModel.from_pretrained(run, stage=k)
+        assert m.stage == k
+        metrics = json.loads((run / f"stage_{k}" / "metrics.json").read_text())
+        assert metrics["stage"] == k and set(metrics["val"]) >= {
+            "auroc",
+            "cc",
+            "kld",
+            "sim",
+            "nss",
+            "auc_judd",
+            "mse_clean",
+            "triplet_acc",
+            "srcc",
+        }
+        assert set(metrics["beats_baseline"]) == {"auroc", "cc", "kld", "sim", "nss", "auc_judd", "mse_clean"}
+    assert RewardModel.from_pretrained(run, stage=0).gate is None
+    assert float(RewardModel.from_pretrained(run, stage=1).gate) == 1.0  # opened during RM_1's training
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [(h["stage"], h["epoch"]) for h in history] == [(0, 1), (1, 1), (2, 1)]
+    assert all(np.isfinite(h["train"]["loss"]) for h in history)
+    assert history[0]["train"]["l_map"] == 0.0 and history[1]["train"]["l_map"] > 0.0
+    assert history[0]["train"]["l_align"] == 0.0 and history[2]["train"]["l_align"] >= 0.0
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((run / "split.json").read_text())["val_sources"] == ["tex_c"]
+
+
+def test_growth_inside_training_keeps_the_anchor_scores(fake_data: Path, tmp_path: Path) -> None:
+    """L_align's reference for RM_k is RM_{k-1}'s anchor scores: the stage-0 model reproduces them."""
+    train(_cfg(fake_data, tmp_path / "run", stages=1, curves="off"), TINY)
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
+    rm0 = RewardModel.from_pretrained(tmp_path / "run", stage=0)
+    split = load_split(fake_data, ("tex_c",), 0.25)
+    anchors = train_mod.pick_anchors(split, 4, 0)
+    from finpercep.rm.dataset import SampleDataset
+
+    ds = SampleDataset(fake_data, anchors, crop=48)
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    torch.testing.assert_close(train_mod.anchor_scores(rm0, x, 8), state["anchor_ref"], rtol=0, atol=1e-6)
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(
+    fake_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg_a = _cfg(fake_data, tmp_path / "a", stages=1, epochs=(2,), curves="off")
+    train(cfg_a, TINY)
+    real_save = train_mod._save_state
+    calls = {"n": 0}
+
+    def save_then_die(path: Path, state: dict) -> None:
+        real_save(path, state)
+        calls["n"] += 1
+        if calls["n"] == 2:  # killed right after the 2nd checkpoint (stage 0 done, stage 1 not started)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_save_state", save_then_die)
+    cfg_b = replace(cfg_a, out=str(tmp_path / "b"))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_b, TINY)
+    assert not (tmp_path / "b" / "stage_1").exists()
+    monkeypatch.setattr(train_mod, "_save_state", real_save)
+    train(cfg_b, TINY)
+    hist = [json.loads(line) for line in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
+    assert [(h["stage"], h["epoch"]) for h in hist] == [(0, 1), (0, 2), (1, 1), (1, 2)]  # nothing repeated
+    for k in (0, 1):
+        a = RewardModel.from_pretrained(tmp_path / "a", stage=k)
+        b = RewardModel.from_pretrained(tmp_path / "b", stage=k)
+        assert weights_fingerprint(a) == weights_fingerprint(b)
+    with pytest.raises(FinPercepError, match="different settings"):
+        train(replace(cfg_b, lr=1e-2), TINY)
+
+
+def test_non_finite_loss_names_the_batch(
+    fake_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = train_mod.rank_loss
+    calls = {"n": 0}
+
+    def flaky(*args: object, **kw: object) -> torch.Tensor:
+        calls["n"] += 1
+        out = real(*args, **kw)  # type: ignore[arg-type]
+        return out * float("nan") if calls["n"] == 2 else out
+
+    monkeypatch.setattr(train_mod, "rank_loss", flaky)
+    with pytest.raises(FinPercepError) as err:
+        train(_cfg(fake_data, tmp_path / "nan"), TINY)
+    msg = str(err.value)
+    assert "non-finite loss at stage 0, epoch 1, step 2" in msg and "L_rank=nan" in msg
+    ids = msg.split("batch samples: ")[1]
+    assert ids.count("_gt'") == 2 and ids.count("_sr'") == 2  # the two chains of that batch
+
+
+def test_two_process_ddp_training(fake_data: Path, tmp_path: Path) -> None:
+    """torchrun with 2 CPU processes (gloo): replicas end identical and the losses are finite."""
+    out = tmp_path / "ddp"
+    args = (
+        f"--data {fake_data} --out {out} --stages 1 --epochs 1 --batch-chains 2 --crop 48 --anchors 4 "
+        "--anchor-batch 2 --val-sources tex_c --threads 1 --progress false --curves off --device cpu "
+        "--model-cnn-widths 8 12 16 --model-cnn-blocks 1 1 1 --model-decoder-widths 4 8 8 "
+        "--model-head-hidden 8"
+    ).split()
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd = [*launcher, "-m", "finpercep.rm.train", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for k in (0, 1):
+        metrics = json.loads((out / f"stage_{k}" / "metrics.json").read_text())
+        assert metrics["world_size"] == 2
+        fps = metrics["rank_fingerprints"]
+        assert len(fps) == 2 and fps[0] == fps[1]
+        assert weights_fingerprint(RewardModel.from_pretrained(out, stage=k)) == fps[0]
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and all(np.isfinite(h["train"]["loss"]) for h in history)
+    # 8 training chains shared by 2 processes with 2 chains per step: 2 steps per epoch, not 4
+    assert (
+        "RM training on 8 train chains" in proc.stderr
+        and "2 process(es) on cpu, 2 steps per epoch" in proc.stderr
+    )
