@@ -18,8 +18,8 @@ from .data.synthesis import SynthesisConfig, build
 log = logging.getLogger(__name__)
 
 PRESETS: dict[str, dict[str, int]] = {
-    "full": {"num": 120, "workers": 2},
-    "quick": {"num": 8, "workers": 2},
+    "full": {"num": 24, "workers": 2},
+    "quick": {"num": 6, "workers": 2},
 }
 
 
