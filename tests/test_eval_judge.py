@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from finpercep.errors import ConfigError
-from finpercep.eval.judge import JudgeConfig, build_judge
+from finpercep.errors import ConfigError, FinPercepError
+from finpercep.eval.judge import JudgeConfig, build_judge, judge_training_config
 from finpercep.rm.model import RewardModel
 
 torch.set_num_threads(1)
@@ -48,3 +48,27 @@ def test_judge_config_checks() -> None:
         JudgeConfig(photos=("coffee", "nope"))
     with pytest.raises(ConfigError, match="two photos"):
         JudgeConfig(photos=("coffee",))
+
+
+def test_judge_copies_the_recipe_of_a_reward_model_but_not_its_data_or_seed(tmp_path: Path) -> None:
+    from finpercep.config import to_dict
+    from finpercep.rm.model import RMConfig
+    from finpercep.rm.train import RMTrainConfig
+
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    recipe = RMTrainConfig(data="runs/fgr", out=str(rm), stages=2, epochs=(2, 3, 1), lr=1e-3, seed=0)
+    (rm / "train_config.json").write_text(json.dumps(to_dict(recipe)))
+    model = RMConfig(cnn_widths=(8, 16, 32), cnn_blocks=(1, 1, 1), init_seed=0)
+    (rm / "model_config.json").write_text(json.dumps(to_dict(model)))
+    cfg = JudgeConfig(out=str(tmp_path / "judge"), seed=9, like=str(rm), progress=False)
+    train_cfg, model_cfg = judge_training_config(cfg)
+    assert (train_cfg.stages, train_cfg.epochs, train_cfg.lr) == (2, (2, 3, 1), 1e-3)
+    assert train_cfg.data == str(tmp_path / "judge" / "data")
+    assert train_cfg.out == str(tmp_path / "judge" / "rm")
+    assert train_cfg.seed == 9 and train_cfg.val_sources == ("motorcycle_right*",)
+    assert model_cfg.cnn_widths == (8, 16, 32) and model_cfg.init_seed == 9
+    own, none = judge_training_config(JudgeConfig(out=str(tmp_path / "j2"), stages=3, epochs=(1,)))
+    assert none is None and own.stages == 3 and own.epochs == (1,)
+    with pytest.raises(FinPercepError, match="not a reward-model training folder"):
+        judge_training_config(JudgeConfig(like=str(tmp_path)))

@@ -7,7 +7,9 @@ reward model only validates on) and from another seed, and it is trained with an
 an output is an independent, if imperfect, opinion: it shares the architecture and kind of training data
 of the training reward, so blind spots they have in common are not caught.
 
-:func:`build_judge` synthesises the judge's FGR data and trains it, both resumable::
+:func:`build_judge` synthesises the judge's FGR data and trains it, both resumable. With ``like`` set to the
+training reward model's folder the judge is trained with the same recipe (architecture, losses, epochs),
+so the two differ only in their photos and seeds::
 
     OUT/photos/   the judge's HR photos (PNG)      OUT/data/   its FGR dataset
     OUT/rm/       its reward-model training folder (pass this to --judge)
@@ -15,12 +17,16 @@ of the training reward, so blind spots they have in common are not caught.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..config import check, option
+from ..config import check, from_dict, option
 from ..data.photos import EMBEDDED_PHOTOS, embedded_photos
+from ..errors import FinPercepError
 from ..io import save_png
 
 logger = logging.getLogger(__name__)
@@ -48,6 +54,11 @@ class JudgeConfig:
     threads: int = option(0, help="torch threads (0 = default)")
     progress: bool = option(True, help="progress bars")
     curves: bool = option(True, help="draw the judge's training curves after every stage")
+    like: str | None = option(
+        None,
+        help="reward-model training folder whose recipe the judge copies (model and training settings, "
+        "stages and epochs included; data, seed and validation photos stay the judge's own)",
+    )
 
     def __post_init__(self) -> None:
         check(self.num >= 2, "num must be >= 2")
@@ -56,10 +67,37 @@ class JudgeConfig:
             check(name in EMBEDDED_PHOTOS, f"unknown embedded photo {name!r}; see {sorted(EMBEDDED_PHOTOS)}")
 
 
+def judge_training_config(cfg: JudgeConfig) -> tuple[Any, Any]:
+    """``(RMTrainConfig, RMConfig | None)`` of the judge: its own data, output, seed and validation photos,
+    and either the judge's stage/epoch settings or the whole recipe of ``cfg.like``."""
+    from ..rm.model import RMConfig
+    from ..rm.train import RMTrainConfig
+
+    out = Path(cfg.out)
+    overrides: dict[str, Any] = {
+        "data": str(out / "data"), "out": str(out / "rm"), "seed": cfg.seed, "val_sources": cfg.val_sources,
+        "threads": cfg.threads, "device": "cpu", "progress": cfg.progress,
+        "curves": "stage" if cfg.curves else "off",
+    }
+    if cfg.like is None:
+        return RMTrainConfig(stages=cfg.stages, epochs=cfg.epochs, **overrides), None
+    like = Path(cfg.like)
+    if not (like / "train_config.json").is_file() or not (like / "model_config.json").is_file():
+        raise FinPercepError(f"{like}: not a reward-model training folder (needs train_config.json and "
+                             "model_config.json)")
+    saved = json.loads((like / "train_config.json").read_text())
+    saved.update(overrides)
+    if "export" in saved:
+        saved["export"] = None  # never overwrite the copied model's exported checkpoint
+    model = json.loads((like / "model_config.json").read_text())
+    model_cfg = dataclasses.replace(from_dict(RMConfig, model), init_seed=cfg.seed)
+    return from_dict(RMTrainConfig, saved), model_cfg
+
+
 def build_judge(cfg: JudgeConfig) -> Path:
     """Synthesise the judge's FGR data and train it; returns its reward-model folder (``OUT/rm``)."""
     from ..data.synthesis import SynthesisConfig, build
-    from ..rm.train import RMTrainConfig, train
+    from ..rm.train import train
 
     out = Path(cfg.out)
     if cfg.hr_folders:
@@ -74,11 +112,6 @@ def build_judge(cfg: JudgeConfig) -> Path:
         out=str(out / "data"), hr=hr, num=cfg.num, sr_models=cfg.sr_models, seed=cfg.seed, workers=cfg.workers
     )
     build(data, progress=cfg.progress)
-    rm_cfg = RMTrainConfig(
-        data=str(out / "data"), out=str(out / "rm"), stages=cfg.stages, epochs=cfg.epochs, seed=cfg.seed,
-        val_sources=cfg.val_sources, threads=cfg.threads, device="cpu", progress=cfg.progress,
-        curves="stage" if cfg.curves else "off",
-    )
-    train(rm_cfg)
+    train(*judge_training_config(cfg))
     logger.info("judge: %s", out / "rm")
     return out / "rm"
