@@ -52,6 +52,11 @@ class Noisy(Bicubic):
         return (up + 0.15 * noise).clamp(0, 1)
 
 
+def as8bit(x: torch.Tensor) -> torch.Tensor:
+    """What evaluate() measures: the output rounded to 8-bit levels."""
+    return torch.round(x.clamp(0, 1) * 255) / 255
+
+
 @pytest.fixture(scope="module")
 def pairs() -> list[Any]:
     return degraded_pairs(embedded_photos(["coffee", "chelsea"]), 4, 16, 4, seed=5, degradation="bicubic")
@@ -98,10 +103,17 @@ def test_evaluation_is_deterministic_and_scores_extra_models(pairs: list[Any], j
     b = evaluate(Bicubic(), pairs, judge, scorers={"RM_0": rm0}, batch_size=1)
     assert a.rows == b.rows
     with torch.no_grad():
-        expected = rm0(Bicubic()(torch.from_numpy(pairs[0].lr).permute(2, 0, 1)[None])).score.item()
+        expected = rm0(as8bit(Bicubic()(torch.from_numpy(pairs[0].lr).permute(2, 0, 1)[None]))).score.item()
     assert a.rows[0]["score:RM_0"] == pytest.approx(expected, abs=1e-6)
     assert len(a.outputs) == 2 and a.outputs[0].shape == (64, 64, 3)
     assert a.metrics["score:RM_0"] == pytest.approx(np.mean([r["score:RM_0"] for r in a.rows]))
+
+
+def test_outputs_are_measured_as_8_bit_images_and_the_mode_is_restored(pairs: list[Any]) -> None:
+    net = srvgg_tiny(4).train()
+    res = evaluate(net, pairs[:1], keep_outputs=1)
+    assert net.training
+    assert np.allclose(np.round(res.outputs[0] * 255), res.outputs[0] * 255, atol=1e-4)
 
 
 def test_wrong_scale_is_a_clear_error(pairs: list[Any]) -> None:
@@ -241,7 +253,6 @@ def test_evaluate_reports_iqa_values_and_unavailable_reasons(
     monkeypatch.setitem(sys.modules, "pyiqa", _fake_pyiqa([]))
     (tmp_path / "musiq_koniq_ckpt-e95806b9.pth").write_bytes(b"w")
     res = evaluate(Bicubic(), pairs[:2], iqa=IQAScorer(tmp_path))
-    assert res.rows[0]["musiq"] == pytest.approx(
-        2 * float(Bicubic()(torch.from_numpy(pairs[0].lr).permute(2, 0, 1)[None]).mean()), rel=1e-5
-    )
+    out = as8bit(Bicubic()(torch.from_numpy(pairs[0].lr).permute(2, 0, 1)[None]))
+    assert res.rows[0]["musiq"] == pytest.approx(2 * float(out.mean()), rel=1e-5)
     assert set(res.unavailable) == {"lpips", "maniqa", "clipiqa"}

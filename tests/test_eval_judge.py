@@ -59,6 +59,7 @@ def test_judge_copies_the_recipe_of_a_reward_model_but_not_its_data_or_seed(tmp_
     rm.mkdir()
     recipe = RMTrainConfig(data="runs/fgr", out=str(rm), stages=2, epochs=(2, 3, 1), lr=1e-3, seed=0)
     (rm / "train_config.json").write_text(json.dumps(to_dict(recipe)))
+    (rm / "split.json").write_text(json.dumps({"train_sources": ["astronaut", "rocket"]}))
     model = RMConfig(cnn_widths=(8, 16, 32), cnn_blocks=(1, 1, 1), init_seed=0)
     (rm / "model_config.json").write_text(json.dumps(to_dict(model)))
     cfg = JudgeConfig(out=str(tmp_path / "judge"), seed=9, like=str(rm), progress=False)
@@ -71,4 +72,16 @@ def test_judge_copies_the_recipe_of_a_reward_model_but_not_its_data_or_seed(tmp_
     own, none = judge_training_config(JudgeConfig(out=str(tmp_path / "j2"), stages=3, epochs=(1,)))
     assert none is None and own.stages == 3 and own.epochs == (1,)
     with pytest.raises(FinPercepError, match="not a reward-model training folder"):
-        judge_training_config(JudgeConfig(like=str(tmp_path)))
+        judge_training_config(JudgeConfig(like=str(tmp_path), seed=3))
+    with pytest.raises(FinPercepError, match="seed 0 is the seed"):
+        judge_training_config(JudgeConfig(like=str(rm), seed=0))
+    with pytest.raises(FinPercepError, match="other photos"):
+        judge_training_config(JudgeConfig(like=str(rm), photos=("rocket", "coffee")))
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    prov = {"train_config": to_dict(recipe), "model_config": to_dict(model), "train_sources": ["coffee"]}
+    (exported / "provenance.json").write_text(json.dumps(prov))
+    with pytest.raises(FinPercepError, match="other photos"):
+        judge_training_config(JudgeConfig(like=str(exported)))
+    from_export, _ = judge_training_config(JudgeConfig(like=str(exported), photos=("chelsea", "astronaut")))
+    assert from_export.epochs == (2, 3, 1) and from_export.seed == 1

@@ -229,3 +229,23 @@ def test_config_checks_and_cli(tmp_path: Path) -> None:
     ns = parser.parse_args(["experiment", "hacking", "--steps", "7", "--rows", "baseline", "global"])
     assert ns.steps == 7 and ns.rows == ["baseline", "global"] and callable(ns.func)
     assert H.rolling_std([1.0, 3.0, 5.0, 5.0], 2)[1:] == pytest.approx([2**0.5, 2**0.5, 0.0])
+
+
+def test_a_missing_judge_is_built_with_the_reward_models_recipe(
+    run: tuple[HackingConfig, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg, _ = run
+    built: list[Any] = []
+
+    def fake_build(judge_cfg: Any) -> Path:
+        built.append(judge_cfg)
+        return Path(cfg.judge)
+
+    monkeypatch.setattr("finpercep.eval.judge.build_judge", fake_build)
+    exp = H._Experiment(dataclasses.replace(cfg, judge=None, judge_seed=4, out=str(tmp_path / "exp")))
+    (jc,) = built
+    assert jc.out == str(tmp_path / "exp" / "judge") and jc.seed == 4
+    assert jc.like is None  # the tiny reward model records no recipe
+    assert exp.judge_dir == (Path(cfg.judge) / "stage_2").resolve()
+    with pytest.raises(FinPercepError, match="is the training reward model"):
+        H._Experiment(dataclasses.replace(cfg, judge=cfg.reward_model, out=str(tmp_path / "exp2")))

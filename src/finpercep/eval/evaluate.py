@@ -248,8 +248,34 @@ def evaluate(
     if not pairs:
         raise FinPercepError("no evaluation pairs")
     scorers = dict(scorers or {})
+    was_training = isinstance(generator, torch.nn.Module) and generator.training
     if isinstance(generator, torch.nn.Module):
         generator.eval()
+    try:
+        rows, outputs = _measure(generator, pairs, judge, scorers, iqa, tau, crop_border, gtmap, batch_size,
+                                 keep_outputs)
+    finally:
+        if was_training:
+            generator.train()  # type: ignore[union-attr]
+    keys = [k for k in rows[0] if k != "pair"]
+    metrics = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    unavailable = {n: s.reason for n, s in iqa.status.items() if not s.available} if iqa is not None else {}
+    logger.info("%s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return EvalResult(metrics, rows, unavailable, outputs, {"tau": tau})
+
+
+def _measure(
+    generator: Generator,
+    pairs: Sequence[EvalPair],
+    judge: RewardModel | None,
+    scorers: Mapping[str, RewardModel],
+    iqa: IQAScorer | None,
+    tau: float,
+    crop_border: int | None,
+    gtmap: GTMapConfig | None,
+    batch_size: int,
+    keep_outputs: int,
+) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     rows: list[dict[str, Any]] = []
     outputs: list[np.ndarray] = []
     t0 = time.perf_counter()
@@ -257,6 +283,7 @@ def evaluate(
         group = [pairs[i] for i in idx]
         lr, hr = _to_batch([p.lr for p in group]), _to_batch([p.hr for p in group])
         sr = generator(lr.to(_device(generator))).float().clamp(0, 1).cpu()
+        sr = torch.round(sr * 255.0) / 255.0  # measure the 8-bit image a user would save
         if sr.shape != hr.shape:
             raise FinPercepError(
                 f"the generator turned LR {tuple(lr.shape)} into {tuple(sr.shape)}, "
@@ -286,16 +313,8 @@ def evaluate(
             rows.append(row)
             if len(outputs) < keep_outputs:
                 outputs.append(sr_np[j])
-    keys = [k for k in rows[0] if k != "pair"]
-    metrics = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    unavailable = {n: s.reason for n, s in iqa.status.items() if not s.available} if iqa is not None else {}
-    logger.info(
-        "evaluated %d pairs in %.1fs: %s",
-        len(rows),
-        time.perf_counter() - t0,
-        ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
-    )
-    return EvalResult(metrics, rows, unavailable, outputs, {"tau": tau})
+    logger.info("evaluated %d pairs in %.1fs", len(rows), time.perf_counter() - t0)
+    return rows, outputs
 
 
 def _device(generator: Generator) -> torch.device:

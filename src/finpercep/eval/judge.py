@@ -67,9 +67,25 @@ class JudgeConfig:
             check(name in EMBEDDED_PHOTOS, f"unknown embedded photo {name!r}; see {sorted(EMBEDDED_PHOTOS)}")
 
 
+def read_recipe(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any], list[str]] | None:
+    """``(train_config, model_config, train_sources)`` of a reward-model training folder or of an exported
+    checkpoint (``provenance.json``); None when the folder records neither."""
+    folder = Path(folder)
+    if (folder / "provenance.json").is_file():
+        prov = json.loads((folder / "provenance.json").read_text())
+        return prov["train_config"], prov["model_config"], list(prov.get("train_sources", []))
+    if (folder / "train_config.json").is_file() and (folder / "model_config.json").is_file():
+        split = json.loads((folder / "split.json").read_text()) if (folder / "split.json").is_file() else {}
+        return (json.loads((folder / "train_config.json").read_text()),
+                json.loads((folder / "model_config.json").read_text()), list(split.get("train_sources", [])))
+    return None
+
+
 def judge_training_config(cfg: JudgeConfig) -> tuple[Any, Any]:
     """``(RMTrainConfig, RMConfig | None)`` of the judge: its own data, output, seed and validation photos,
-    and either the judge's stage/epoch settings or the whole recipe of ``cfg.like``."""
+    and either the judge's stage/epoch settings or the whole recipe of ``cfg.like``.
+
+    Refuses a judge that would share a seed or a training photo with the ``like`` model."""
     from ..rm.model import RMConfig
     from ..rm.train import RMTrainConfig
 
@@ -81,17 +97,21 @@ def judge_training_config(cfg: JudgeConfig) -> tuple[Any, Any]:
     }
     if cfg.like is None:
         return RMTrainConfig(stages=cfg.stages, epochs=cfg.epochs, **overrides), None
-    like = Path(cfg.like)
-    if not (like / "train_config.json").is_file() or not (like / "model_config.json").is_file():
-        raise FinPercepError(f"{like}: not a reward-model training folder (needs train_config.json and "
-                             "model_config.json)")
-    saved = json.loads((like / "train_config.json").read_text())
-    saved.update(overrides)
-    if "export" in saved:
-        saved["export"] = None  # never overwrite the copied model's exported checkpoint
-    model = json.loads((like / "model_config.json").read_text())
+    recipe = read_recipe(cfg.like)
+    if recipe is None:
+        raise FinPercepError(f"{cfg.like}: not a reward-model training folder or exported checkpoint "
+                             "(needs train_config.json and model_config.json, or provenance.json)")
+    train_cfg, model, train_sources = recipe
+    if int(train_cfg.get("seed", -1)) == cfg.seed:
+        raise FinPercepError(f"the judge's seed {cfg.seed} is the seed of {cfg.like}; give it another one")
+    shared = sorted({Path(s).stem for s in train_sources} & set(cfg.photos)) if not cfg.hr_folders else []
+    if shared:
+        raise FinPercepError(f"{cfg.like} trained on {shared}; the judge must be trained on other photos")
+    train_cfg = {**train_cfg, **overrides}
+    if "export" in train_cfg:
+        train_cfg["export"] = None  # never overwrite the copied model's exported checkpoint
     model_cfg = dataclasses.replace(from_dict(RMConfig, model), init_seed=cfg.seed)
-    return from_dict(RMTrainConfig, saved), model_cfg
+    return from_dict(RMTrainConfig, train_cfg), model_cfg
 
 
 def build_judge(cfg: JudgeConfig) -> Path:

@@ -61,7 +61,7 @@ from ..eval.evaluate import (
 )
 from ..eval.pyiqa_metrics import IQA_NAMES, IQAScorer, iqa_spec
 from ..io import atomic_write_json, atomic_write_text, load_image, save_png
-from ..rm.model import RewardModel, resolve_checkpoint, stage_dirs
+from ..rm.model import RewardModel, default_checkpoint_dir, resolve_checkpoint, stage_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -111,11 +111,17 @@ class HackingConfig:
     """The reward-hacking experiment (``finpercep experiment hacking``)."""
 
     generator: str = option("realesrgan-animevideov3", help="pretrained generator every row starts from")
-    reward_model: str = option("runs/rm", help="reward-model training folder with stage_0 ... stage_N")
-    judge: str = option(
-        "runs/judge/rm", help="held-out judge reward model, trained on other photos with another seed"
+    reward_model: str | None = option(
+        None, help="reward-model folder with stage_0 ... stage_N; none = the packaged default checkpoint"
+    )
+    judge: str | None = option(
+        None,
+        help="held-out judge reward model (trained on other photos with another seed); none = build one in "
+        "OUT/judge with the reward model's recipe (finpercep.eval.judge)",
     )
     judge_stage: int | None = option(None, help="judge stage RM_k; none = its highest stage")
+    judge_seed: int = option(1, help="seed of the judge built when judge is none (not the reward model's)")
+    judge_num: int = option(36, help="GT crops of the FGR data of the judge built when judge is none")
     out: str = option("runs/hacking", help="output folder")
     rows: tuple[str, ...] = option(ROW_NAMES, help="rows to run, in table order")
     algorithm: Literal["grpo", "refl"] = option("grpo", help="RL algorithm of every RL row")
@@ -180,13 +186,17 @@ class HackingConfig:
         for name in self.iqa:
             check(name in IQA_NAMES, f"unknown IQA metric {name!r}; available: {', '.join(IQA_NAMES)}")
 
+    def rm_dir(self) -> Path:
+        """The training reward model's folder (the packaged default when ``reward_model`` is none)."""
+        return Path(self.reward_model) if self.reward_model is not None else default_checkpoint_dir()
+
     def rl_config(self, row: RowSpec, out: Path, hr_folders: tuple[str, ...]) -> Any:
         """The :class:`~finpercep.rl.train.RLConfig` of an RL row."""
         from ..rl.train import RLConfig
 
         return RLConfig(
             generator=self.generator,
-            reward_model=self.reward_model,
+            reward_model=str(self.rm_dir()),
             map_penalty=self.map_penalty,
             algorithm=self.algorithm,
             curriculum=row.curriculum or "global",
@@ -301,24 +311,25 @@ class _Experiment:
 
         self.cfg = cfg
         self.out = Path(cfg.out)
-        stages = stage_dirs(Path(cfg.reward_model)) if Path(cfg.reward_model).is_dir() else {}
+        rm_dir = cfg.rm_dir()
+        stages = stage_dirs(rm_dir) if rm_dir.is_dir() else {}
         if not stages:
             raise FinPercepError(
-                f"{cfg.reward_model}: no reward-model stages (stage_<k> folders); train them with "
-                "`finpercep rm train`"
+                f"{rm_dir}: no reward-model stages (stage_<k> folders); train them with `finpercep rm train`"
             )
         if len(stages) < 2:
             raise FinPercepError(
-                f"{cfg.reward_model}: the experiment needs RM_0 and at least one grown stage, "
-                f"found only {list(stages)}"
+                f"{rm_dir}: the experiment needs RM_0 and at least one grown stage, found only {list(stages)}"
             )
         self.n_stage = max(stages)
         self.rm0 = RewardModel.from_pretrained(stages[min(stages)])
         self.rmn = RewardModel.from_pretrained(stages[self.n_stage])
-        judge_dir = resolve_checkpoint(cfg.judge, cfg.judge_stage).resolve()
-        rm_dirs = {Path(cfg.reward_model).resolve()} | {p.resolve() for p in stages.values()}
+        judge_path = Path(cfg.judge) if cfg.judge is not None else self.build_judge(rm_dir)
+        judge_dir = resolve_checkpoint(judge_path, cfg.judge_stage).resolve()
+        rm_dirs = {rm_dir.resolve()} | {p.resolve() for p in stages.values()}
         if judge_dir in rm_dirs:
-            raise FinPercepError(f"the judge {cfg.judge} is the training reward model; give a held-out one")
+            raise FinPercepError(f"the judge {judge_path} is the training reward model; give a held-out one")
+        self.judge_dir = judge_dir
         self.judge = RewardModel.from_pretrained(judge_dir)
         base = build_generator(cfg.generator)
         self.scale = base.scale
@@ -334,6 +345,19 @@ class _Experiment:
         self.scorers = {"RM_0": self.rm0, f"RM_{self.n_stage}": self.rmn}
         self._policy: torch.nn.Module | None = None
         self.hr_folders: tuple[str, ...] = cfg.hr_folders
+
+    def build_judge(self, rm_dir: Path) -> Path:
+        """A judge with the reward model's recipe on the judge photos and ``judge_seed`` (resumable)."""
+        from ..eval.judge import JudgeConfig, build_judge, read_recipe
+
+        cfg = self.cfg
+        like = str(rm_dir) if read_recipe(rm_dir) is not None else None
+        logger.info("building the held-out judge in %s (recipe: %s)", self.out / "judge", like or "defaults")
+        judge_cfg = JudgeConfig(
+            out=str(self.out / "judge"), num=cfg.judge_num, seed=cfg.judge_seed, like=like,
+            threads=cfg.threads, progress=cfg.progress,
+        )
+        return build_judge(judge_cfg)
 
     def policy(self) -> torch.nn.Module:
         if self._policy is None:
@@ -487,7 +511,7 @@ def reference_rewards(exp: _Experiment, needed: set[tuple[int, int]]) -> dict[tu
         loaded = build_generator(cfg.generator)
         policy = GaussianPolicy(loaded.net, loaded.scale, cfg.policy_std).eval()
         data = PairSource(loaded.scale, cfg.lr_size, cfg.seed, exp.hr_folders, degradation=cfg.degradation)
-        rewards = StagedRMRewards(cfg.reward_model, cfg.map_penalty)
+        rewards = StagedRMRewards(cfg.rm_dir(), cfg.map_penalty)
         by_stage: dict[int, list[int]] = {}
         for stage, step in todo:
             by_stage.setdefault(stage, []).append(step)
@@ -916,6 +940,7 @@ def write_report(exp: _Experiment) -> Path:
     unavailable = "".join(
         f"<li>{html.escape(k)}: unavailable: {html.escape(v)}</li>" for k, v in data["unavailable"].items()
     )
+    judge_hr = fmt(data["rows"][0]["metrics"].get("judge_hr") if data["rows"] else None, 4)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>FinPercep reward-hacking experiment</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse}}
@@ -926,8 +951,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 <p>{len(exp.pairs)} held-out evaluation crops from {html.escape(", ".join(cfg.eval_photos))}
 ({cfg.eval_lr_size} px LR, x{exp.scale}, {html.escape(cfg.degradation)} degradation, seed {cfg.eval_seed});
 {cfg.steps} RL steps ({html.escape(cfg.algorithm)}, batch {cfg.batch_size}, seed {cfg.seed}) per RL row;
-reward model {html.escape(cfg.reward_model)} (RM_0 … RM_{exp.n_stage});
-held-out judge {html.escape(cfg.judge)};
+reward model {html.escape(str(cfg.rm_dir()))} (RM_0 … RM_{exp.n_stage});
+held-out judge {html.escape(str(exp.judge_dir))} (it scores the HR crops {judge_hr});
 artifact measure: share of pixels with M_gt(output, HR) &gt; {cfg.tau}.</p>
 <h2>Findings</h2><ul>{items}</ul>
 <h2>Table</h2>{_html_table(data)}<ul>{unavailable}</ul>

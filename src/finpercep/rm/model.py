@@ -386,7 +386,8 @@ class RewardModel(nn.Module):
             state[k] = v.contiguous()
         with atomic_path(directory / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp), metadata={"format": FORMAT_NAME})
-        cfg = dataclasses.replace(self.config, encoder_weights=None)
+        # resolved values, so later changes of the defaults cannot change what this file describes
+        cfg = dataclasses.replace(self.config, encoder_weights=None, decoder_widths=self.decoder_widths)
         meta = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -419,7 +420,10 @@ class RewardModel(nn.Module):
         from safetensors.torch import load_file
 
         state = load_file(str(directory / WEIGHTS_NAME))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            raise FinPercepError(f"{directory}: weights do not match the config: {exc}") from None
         if missing or unexpected:
             raise FinPercepError(
                 f"{directory}: weights do not match the config "

@@ -1,8 +1,9 @@
 """Staged reward-model training: RM_0, then grow and train RM_1 ... RM_N, saving every stage.
 
 ``finpercep rm train --data DIR --out DIR --stages N`` calls :func:`train`. For several processes run
-the same command under ``torchrun --nproc_per_node P -m finpercep.rm.train ...`` or
-``accelerate launch --num_processes P -m finpercep.rm.train ...`` (DDP; gloo on CPU, NCCL on GPU).
+``torchrun --standalone --nproc_per_node P -m finpercep.rm.train ...`` (DDP: gloo on CPU, NCCL on GPU);
+on GPUs ``accelerate launch --multi_gpu --num_processes P -m finpercep.rm.train ...`` works too (it sets
+the same ``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` environment).
 
 Output folder::
 
@@ -64,6 +65,7 @@ class RMTrainConfig:
     crop: int = option(128, help="random square training crop in pixels (0: whole images)")
     color_jitter: float = option(0.5, help="strength in [0, 1] of the per-chain colour augmentation")
     lr: float = option(2e-3, help="peak AdamW learning rate (warm-up, then cosine decay within each stage)")
+    refine_lr: float = option(1.0, help="peak learning rate of RM_2 ... RM_N relative to lr")
     weight_decay: float = option(1e-4, help="AdamW weight decay")
     warmup_steps: int = option(20, help="linear warm-up steps at the start of each stage")
     grad_clip: float = option(1.0, help="gradient-norm clip (0: off)")
@@ -145,6 +147,7 @@ class RMTrainConfig:
         check(all(m >= 0 for m in self.margins), "margins must be >= 0")
         check(self.anchors >= 0 and self.anchor_batch >= 0, "anchors and anchor_batch must be >= 0")
         check(0.0 < self.tau < 1.0, f"tau must be in (0, 1), got {self.tau}")
+        check(self.refine_lr > 0, f"refine_lr must be positive, got {self.refine_lr}")
         check(0.0 <= self.gate_ramp <= 1.0, f"gate_ramp must be in [0, 1], got {self.gate_ramp}")
         check(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}")
         check(self.max_val_samples >= 0 and self.max_steps_per_epoch >= 0, "caps must be >= 0")
@@ -230,13 +233,15 @@ def _gather_strings(d: Dist, s: str) -> list[str]:
 # pieces of the loop
 
 
-def lr_at(cfg: RMTrainConfig, it: int, total: int) -> float:
-    """Linear warm-up then cosine decay to 10% of ``cfg.lr`` within one stage."""
+def lr_at(cfg: RMTrainConfig, it: int, total: int, stage: int = 0) -> float:
+    """Linear warm-up then cosine decay to 10% of the stage's peak rate (``lr``, times ``refine_lr``
+    for the refinement stages RM_2 ... RM_N, which start from a trained model)."""
+    peak = cfg.lr * (cfg.refine_lr if stage >= 2 else 1.0)
     if it < cfg.warmup_steps:
-        return cfg.lr * (it + 1) / cfg.warmup_steps
+        return peak * (it + 1) / cfg.warmup_steps
     span = max(1, total - cfg.warmup_steps)
     t = min(1.0, (it - cfg.warmup_steps) / span)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
+    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
 def map_loss(cfg: RMTrainConfig, logits: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
@@ -454,24 +459,35 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
     root = Path(cfg.data)
     split = load_split(root, cfg.val_sources, cfg.val_fraction)
 
-    # configuration and resume point
-    saved_model_cfg = _check_resume(out, cfg, model_cfg)
-    model_cfg = dataclasses.replace(saved_model_cfg or model_cfg or RMConfig(init_seed=cfg.seed), stage=0)
-    state = _load_state(out / STATE_NAME)
+    # configuration and resume point: rank 0 checks and writes, the others read what it wrote
+    problem = ""
     if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "train_config.json", to_dict(cfg))
-        atomic_write_json(out / "model_config.json", to_dict(model_cfg))
-        atomic_write_json(
-            out / "split.json",
-            {
+        try:
+            saved_model_cfg = _check_resume(out, cfg, model_cfg)
+        except FinPercepError as exc:
+            problem = str(exc)
+        else:
+            model_cfg = dataclasses.replace(
+                saved_model_cfg or model_cfg or RMConfig(init_seed=cfg.seed), stage=0
+            )
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / "train_config.json", to_dict(cfg))
+            atomic_write_json(out / "model_config.json", to_dict(model_cfg))
+            split_info = {
                 "train_sources": split.train_sources,
                 "val_sources": split.val_sources,
                 "train_chains": len(split.train_chains),
                 "val_chains": len(split.val_chains),
                 "val_samples": len(split.val_samples),
-            },
-        )
+            }
+            atomic_write_json(out / "split.json", split_info)
+    problem = _gather_strings(d, problem)[0]  # also a barrier
+    if problem:
+        raise FinPercepError(problem)
+    if not d.main:
+        model_cfg = from_dict(RMConfig, json.loads((out / "model_config.json").read_text()))
+    assert model_cfg is not None
+    state = _load_state(out / STATE_NAME)
     model = RewardModel(model_cfg).to(d.device)
     if cfg.stages > model.num_levels:
         raise FinPercepError(
@@ -507,7 +523,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
         "%d process(es) on %s, %d steps per epoch",
         len(split.train_chains),
         ", ".join(split.train_sources),
-        len(split.val_samples),
+        len(val_samples),
         ", ".join(split.val_sources),
         d.world,
         d.device,
@@ -528,9 +544,9 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
             anchor_ref = anchor_scores(model, anchor_images.to(d.device), cfg.val_batch).cpu()
         else:
             anchor_ref = None
-        anchor_scale = (
-            max(float(anchor_ref.std()), 1e-3) if anchor_ref is not None and len(anchor_ref) > 1 else 1.0
-        )
+        # L_align in units of the anchors' score spread, at least the largest rank margin
+        spread = float(anchor_ref.std()) if anchor_ref is not None and len(anchor_ref) > 1 else 0.0
+        anchor_scale = max(spread, *cfg.margins, 1e-3)
         params = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
@@ -563,7 +579,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
             )
             for step, batch in enumerate(bar):
                 it = epoch * steps_per_epoch + step
-                lr = lr_at(cfg, it, total_steps)
+                lr = lr_at(cfg, it, total_steps, stage)
                 if stage == 1 and model.gate is not None:
                     model.set_gate(min(1.0, (it + 1) / max(1.0, cfg.gate_ramp * total_steps)))
                 for g in opt.param_groups:
@@ -597,7 +613,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                     raise FinPercepError(
                         f"non-finite loss at stage {stage}, epoch {epoch + 1}, step {step + 1} "
                         f"(rank {d.rank}): "
-                        f"L_map={float(l_map):.4g} L_rank={float(l_rank):.4g} L_align={float(l_align):.4g}; "
+                        f"L_map={l_map.item():.4g} L_rank={l_rank.item():.4g} L_align={l_align.item():.4g}; "
                         f"batch samples: {[i for ids in batch['ids'] for i in ids]}"
                     )
                 opt.zero_grad(set_to_none=True)
