@@ -532,6 +532,10 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
 
     for stage in range(start_stage, cfg.stages + 1):
         resuming = state is not None and stage == start_stage
+        saved = (out / f"stage_{stage}" / "metrics.json").is_file()
+        if resuming and start_epoch >= cfg.epochs_for(stage) and saved:
+            state = None  # trained and saved before the restart: keep the files as they are
+            continue
         if not resuming or model.stage < stage:
             while model.stage < stage:
                 model.grow()
