@@ -30,8 +30,20 @@ def fake_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cfg(data: Path, out: Path, **kw: object) -> RMTrainConfig:
-    base = dict(data=str(data), out=str(out), stages=2, epochs=(1,), batch_chains=2, crop=48, anchors=4,
-                anchor_batch=2, val_sources=("tex_c",), max_steps_per_epoch=2, threads=1, progress=False)
+    base = dict(
+        data=str(data),
+        out=str(out),
+        stages=2,
+        epochs=(1,),
+        batch_chains=2,
+        crop=48,
+        anchors=4,
+        anchor_batch=2,
+        val_sources=("tex_c",),
+        max_steps_per_epoch=2,
+        threads=1,
+        progress=False,
+    )
     base.update(kw)
     return RMTrainConfig(**base)  # type: ignore[arg-type]
 
@@ -103,6 +115,33 @@ def test_staged_training_saves_every_stage(fake_data: Path, tmp_path: Path) -> N
         assert held_out["model"][key] == pytest.approx(final["val"][key], abs=1e-6)
     assert held_out["baseline"]["best"] == pytest.approx(final["baseline"]["best"])
     assert set(held_out["targets_met"]) == {"auroc", "triplet_acc", "srcc"}
+    by_model = held_out["model"]["sr_outputs_by_model"]
+    models = {s["sr_model"] for s in map(json.loads, (fake_data / "manifest.jsonl").read_text().splitlines())}
+    assert set(by_model) == models - {None}
+    assert all(0.0 <= v["map"] <= 1.0 and 0.0 <= v["gt_map"] <= 1.0 for v in by_model.values())
+    from finpercep.cli import main as cli_main
+
+    assert (
+        cli_main(
+            [
+                "-q",
+                "rm",
+                "eval",
+                "--data",
+                str(fake_data),
+                "--checkpoint",
+                str(run),
+                "--sources",
+                "tex_c",
+                "--out",
+                str(tmp_path / "eval.json"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "eval.json").read_text())["model"]["srcc"] == pytest.approx(
+        held_out["model"]["srcc"]
+    )
     prov = json.loads((tmp_path / "exp" / "provenance.json").read_text())
     assert prov["val_sources"] == ["tex_c"] and set(prov["stages"]) == {"stage_0", "stage_1", "stage_2"}
     for k in range(3):

@@ -120,6 +120,19 @@ def _add_rm(sub: argparse._SubParsersAction) -> None:
     add_arguments(t, RMConfig, prefix="model_", skip=("stage",))
     t.set_defaults(func=_cmd_rm_train)
 
+    e = rsub.add_parser(
+        "eval",
+        help="held-out metrics of a saved reward model on an FGR dataset, against the HF-energy baseline",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    e.add_argument("--data", required=True, help="FGR dataset folder (finpercep data build)")
+    e.add_argument("--checkpoint", default=None, help="reward model folder (default: the packaged one)")
+    e.add_argument("--stage", type=int, default=None, help="stage RM_k (default: the highest)")
+    e.add_argument("--sources", nargs="+", default=None, help="only these source photos (fnmatch patterns)")
+    e.add_argument("--max-samples", type=int, default=0, help="cap on samples, whole groups (0: all)")
+    e.add_argument("--out", default=None, help="also write the result to this JSON file")
+    e.set_defaults(func=_cmd_rm_eval)
+
     s = sub.add_parser("score", help="score images with FinPercep-RM: JSONL, heatmap overlays, HTML page")
     s.add_argument("paths", nargs="+", help="images or folders")
     s.add_argument("--out", required=True, help="output folder")
@@ -135,6 +148,20 @@ def _cmd_rm_train(ns: argparse.Namespace) -> None:
     from .rm.train import RMTrainConfig, train
 
     _out(str(train(from_args(RMTrainConfig, ns), from_args(RMConfig, ns, prefix="model_"))))
+
+
+def _cmd_rm_eval(ns: argparse.Namespace) -> None:
+    import json
+
+    from .io import atomic_write_json
+    from .rm.train import evaluate_checkpoint
+
+    res = evaluate_checkpoint(
+        ns.data, ns.checkpoint, ns.stage, sources=ns.sources, max_samples=ns.max_samples
+    )
+    if ns.out:
+        atomic_write_json(ns.out, res)
+    _out(json.dumps(res, indent=2))
 
 
 def _cmd_score(ns: argparse.Namespace) -> None:

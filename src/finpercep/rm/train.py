@@ -326,6 +326,8 @@ def evaluate(
     areas: dict[str, float] = {}
     roles: dict[str, list[float]] = {}
     role_of = {s["id"]: s["role"] for s in samples}
+    model_of = {s["id"]: s.get("sr_model") for s in samples}
+    by_model: dict[str, dict[str, list[float]]] = {}
     for idx in _batches_by_size(ds, cfg.val_batch):
         b = collate_samples([ds[i] for i in idx])
         x = b["image"].to(device)
@@ -341,9 +343,18 @@ def evaluate(
             scores[sid] = float(out.score[j])
             areas[sid] = float(b["area"][j])
             roles.setdefault(role_of[sid], []).append(scores[sid])
+            if role_of[sid] == "sr" and model_of[sid]:
+                m = by_model.setdefault(str(model_of[sid]), {"score": [], "map": [], "gt_map": []})
+                m["score"].append(scores[sid])
+                m["map"].append(float(pred[j].mean()))
+                m["gt_map"].append(float(gt[j].mean()))
     known = [c for c in chains if all(i in scores for i in c)]
     res: dict[str, Any] = {**acc.result(), **score_metrics(scores, known, areas)}
     res["score_mean_by_role"] = {r: float(np.mean(v)) for r, v in sorted(roles.items())}
+    # where the model is blind: per SR source, its whole-image output's mean score, mean map and mean M_gt
+    res["sr_outputs_by_model"] = {
+        name: {k: float(np.mean(v)) for k, v in m.items()} for name, m in sorted(by_model.items())
+    }
     all_scores = np.array(list(scores.values()))
     res["score_p01_p99"] = [float(np.percentile(all_scores, 1)), float(np.percentile(all_scores, 99))]
     if with_baseline:
