@@ -119,6 +119,7 @@ def test_staged_training_saves_every_stage(fake_data: Path, tmp_path: Path) -> N
     models = {s["sr_model"] for s in map(json.loads, (fake_data / "manifest.jsonl").read_text().splitlines())}
     assert set(by_model) == models - {None}
     assert all(0.0 <= v["map"] <= 1.0 and 0.0 <= v["gt_map"] <= 1.0 for v in by_model.values())
+    assert all(-1.0 <= v["srcc_without"] <= 1.0 for v in by_model.values())
     from finpercep.cli import main as cli_main
 
     assert (

@@ -50,14 +50,14 @@ SR_MODELS = ("realesrgan-x4plus", "realsr-df2k", "realesrgan-animevideov3", "bic
 
 PRESETS: dict[str, DemoPreset] = {
     "full": DemoPreset(
-        num=36,
+        num=32,
         sr_models=SR_MODELS,
-        rm_stages=4,
-        rm_epochs=(4, 4, 3),
+        rm_stages=3,
+        rm_epochs=(3, 3, 2),
         rm_crop=128,
         rm_steps_per_epoch=0,
-        rm_val_samples=156,
-        judge_num=18,
+        rm_val_samples=104,
+        judge_num=12,
         rl_steps=150,
         rl_rows=("baseline", "global", "finpercep_ccl"),
         eval_every=25,

@@ -352,8 +352,15 @@ def evaluate(
     res: dict[str, Any] = {**acc.result(), **score_metrics(scores, known, areas)}
     res["score_mean_by_role"] = {r: float(np.mean(v)) for r, v in sorted(roles.items())}
     # where the model is blind: per SR source, its whole-image output's mean score, mean map and mean M_gt
+    # and the SRCC over every sample but those of that source
     res["sr_outputs_by_model"] = {
-        name: {k: float(np.mean(v)) for k, v in m.items()} for name, m in sorted(by_model.items())
+        name: {
+            **{k: float(np.mean(v)) for k, v in m.items()},
+            "srcc_without": score_metrics(
+                {i: v for i, v in scores.items() if model_of[i] != name}, [], areas
+            )["srcc"],
+        }
+        for name, m in sorted(by_model.items())
     }
     all_scores = np.array(list(scores.values()))
     res["score_p01_p99"] = [float(np.percentile(all_scores, 1)), float(np.percentile(all_scores, 99))]
