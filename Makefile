@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.finpercep-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-extras lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,20 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# spandrel and timm need torchvision, which imports only beside the torch 2.14.1 build: a second venv
+XVENV ?= .venv-extras
+XSTAMP := $(XVENV)/.finpercep-installed
+
+$(XSTAMP): pyproject.toml
+	$(PYTHON) -m venv $(XVENV)
+	$(XVENV)/bin/python -m pip install -q --upgrade pip
+	$(XVENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1 spandrel timm
+	$(XVENV)/bin/python -m pip install -q -e '.[dev]'
+	touch $(XSTAMP)
+
+test-extras: $(XSTAMP)
+	$(XVENV)/bin/python -m pytest -p no:cacheprovider tests/test_rl_parts.py tests/test_rm_encoders.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
