@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from finpercep.rl import dist as D
+from finpercep import dist as D
 from finpercep.rl.data import PairSource
 from finpercep.rl.generators import GaussianPolicy, build_generator, frozen_copy
 from finpercep.rl.rewards import RMScoreReward

@@ -14,12 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from finpercep.dist import fingerprint as weights_fingerprint
 from finpercep.errors import FinPercepError
 from finpercep.rm import RewardModel, RMConfig
 from finpercep.rm import train as train_mod
 from finpercep.rm.dataset import ChainDataset, load_split, split_sources
 from finpercep.rm.fakedata import write_fake_dataset
-from finpercep.rm.train import RMTrainConfig, evaluate_checkpoint, train, weights_fingerprint
+from finpercep.rm.train import RMTrainConfig, evaluate_checkpoint, train
 
 TINY = RMConfig(cnn_widths=(8, 12, 16), cnn_blocks=(1, 1, 1), head_hidden=8, decoder_widths=(4, 8, 8))
 

@@ -41,10 +41,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from .. import dist as D
 from ..config import check, option, to_dict
 from ..errors import FinPercepError
 from ..io import atomic_path, atomic_write_json, save_png
-from . import dist as D
 from .curriculum import Curriculum, CurriculumConfig, CurriculumKind, ScheduleKind
 from .data import DegradationKind, PairSource
 from .ema import EMA

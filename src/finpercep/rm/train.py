@@ -20,11 +20,9 @@ Re-running the same command continues after the last finished epoch. All randomn
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .. import dist as D
 from ..config import check, check_prob, from_dict, option, to_dict
 from ..errors import FinPercepError
 from ..io import atomic_path, atomic_write_json, atomic_write_text
@@ -162,71 +161,6 @@ class RMTrainConfig:
 
     def epochs_for(self, stage: int) -> int:
         return self.epochs[min(stage, len(self.epochs) - 1)]
-
-
-# --------------------------------------------------------------------------------------------------
-# distributed helpers
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int
-    world: int
-    device: torch.device
-    owns_group: bool
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str) -> Dist:
-    """Join the process group that torchrun / accelerate describe in the environment (if any)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    owns = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        owns = True
-    if dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-    else:
-        rank, world = 0, 1
-    dev = torch.device(device)
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(dev)
-    return Dist(rank, world, dev, owns)
-
-
-def _barrier(d: Dist) -> None:
-    if d.world > 1:
-        dist.barrier()
-
-
-def _all_finite(d: Dist, value: torch.Tensor) -> bool:
-    flag = torch.tensor([1.0 if bool(torch.isfinite(value)) else 0.0], device=d.device)
-    if d.world > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item() > 0)
-
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of all parameters and buffers (names and bytes), to compare replicas across ranks."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _gather_strings(d: Dist, s: str) -> list[str]:
-    if d.world == 1:
-        return [s]
-    out: list[Any] = [None] * d.world
-    dist.all_gather_object(out, s)
-    return [str(x) for x in out]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -470,7 +404,7 @@ def _check_resume(out: Path, cfg: RMTrainConfig, model_cfg: RMConfig | None) -> 
 
 def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
     """Train RM_0 ... RM_{cfg.stages} on ``cfg.data``; returns the folder of the last stage."""
-    d = setup_distributed(cfg.device)
+    d = D.setup(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -499,7 +433,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                 "val_samples": len(split.val_samples),
             }
             atomic_write_json(out / "split.json", split_info)
-    problem = _gather_strings(d, problem)[0]  # also a barrier
+    problem = D.gather_strings(d, problem)[0]  # also a barrier
     if problem:
         raise FinPercepError(problem)
     if not d.main:
@@ -631,7 +565,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                     else torch.zeros((), device=d.device)
                 )
                 loss = cfg.lambda_map * l_map + cfg.lambda_rank * l_rank + cfg.lambda_align * l_align
-                if not _all_finite(d, loss):
+                if not D.all_finite(d, loss):
                     raise FinPercepError(
                         f"non-finite loss at stage {stage}, epoch {epoch + 1}, step {step + 1} "
                         f"(rank {d.rank}): "
@@ -687,13 +621,13 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                 atomic_write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
                 if cfg.curves == "epoch":
                     plot_curves(history, out / "curves.png", baseline["best"] if baseline else None)
-            _barrier(d)
+            D.barrier(d)
 
         # end of stage: check replicas agree, save RM_k
         if d.world > 1:
             for buf in model.buffers():  # BatchNorm statistics: DDP syncs them at each forward, not after
                 dist.broadcast(buf, 0)
-        fingerprints = _gather_strings(d, weights_fingerprint(model))
+        fingerprints = D.gather_strings(d, D.fingerprint(model))
         if len(set(fingerprints)) != 1:
             raise FinPercepError(f"stage {stage}: model replicas differ across processes: {fingerprints}")
         if d.main:
@@ -717,7 +651,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
             if cfg.curves != "off" and history:
                 plot_curves(history, out / "curves.png", baseline["best"] if baseline else None)
             logger.info("saved RM_%d to %s", stage, stage_dir)
-        _barrier(d)
+        D.barrier(d)
         state = None
 
     if d.main:
@@ -727,8 +661,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
         atomic_write_json(out / "summary.json", {"stages": summary, "baseline": baseline})
         if cfg.export:
             export_stages(out, Path(cfg.export), cfg, split)
-    if d.owns_group:
-        dist.destroy_process_group()
+    D.teardown(d)
     return out / f"stage_{cfg.stages}"
 
 

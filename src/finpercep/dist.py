@@ -2,8 +2,9 @@
 
 Two ways to run several processes:
 
-* ``accelerate launch --multi_gpu --num_processes P -m finpercep.rl ...`` (or ``torchrun``): every process
-  finds ``WORLD_SIZE``/``RANK`` in its environment and joins the process group here;
+* ``accelerate launch --multi_gpu --num_processes P -m finpercep.rl ...`` (or ``torchrun``; the same for
+  ``-m finpercep.rm.train``): every process finds ``WORLD_SIZE``/``RANK`` in its environment and joins the
+  process group here;
 * ``RLConfig(num_processes=P)`` / ``--num-processes P``: :func:`launch` starts ``P`` local processes
   with accelerate's launcher (spawned, rendezvous through a temporary file, so no port is needed).
 
@@ -25,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import FinPercepError
+from .errors import FinPercepError
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,14 @@ def sync_gradients(d: Dist, params: Sequence[nn.Parameter]) -> None:
         n = p.numel()
         p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
+
+
+def all_finite(d: Dist, value: torch.Tensor) -> bool:
+    """Whether ``value`` is finite on every process (all processes get the same answer)."""
+    flag = torch.tensor([1.0 if bool(torch.isfinite(value).all()) else 0.0], device=d.device)
+    if d.world > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() > 0)
 
 
 def fingerprint(module: nn.Module) -> str:
