@@ -58,6 +58,16 @@ def test_quick_demo_rerun_resumes_without_redoing_work(demo_out) -> None:
     assert (weights.stat().st_mtime_ns, row_eval.stat().st_mtime_ns, row_eval.read_bytes()) == before
 
 
+def test_demo_cli_presets() -> None:
+    from finpercep.cli import build_parser
+    from finpercep.config import from_args
+
+    parse = build_parser().parse_args
+    assert from_args(DemoConfig, parse(["demo", "--out", "x"])).preset == "full"
+    assert from_args(DemoConfig, parse(["demo", "--quick"])).preset == "quick"
+    assert from_args(DemoConfig, parse(["demo", "--preset", "quick"])).preset == "quick"
+
+
 def test_demo_config_is_validated() -> None:
     with pytest.raises(ConfigError):
         DemoConfig(workers=0)

@@ -194,6 +194,10 @@ def test_findings_follow_the_measured_numbers() -> None:
     assert "0.0000 → 0.5000" in got["global reward hacking"]["text"]
     assert got["global reward hacking"]["clear"] is True  # constant paired differences: no noise
     assert got["FinPercep-RM without CCL oscillates"]["reproduced"] is True
+    near = row("finpercep", pairs(24.5, 0.25, 0.05, 0.2), reward_osc=0.105)  # 5 % more: not a finding
+    osc = {f["finding"]: f for f in H.findings({**data, "rows": [base, hacked, near, ccl]})}
+    assert osc["FinPercep-RM without CCL oscillates"]["reproduced"] is False
+    assert "no clear oscillation" in osc["FinPercep-RM without CCL oscillates"]["text"]
     best = got["FinPercep-RM + CCL best on judge and artifacts"]
     assert (
         best["reproduced"] is True and best["best_of_all_rows"] is False

@@ -218,7 +218,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--quick", dest="preset", action="store_const", const="quick", help="same as --preset quick"
     )
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_cmd_demo, preset=DemoConfig().preset)  # else --quick's default None wins
 
 
 def _cmd_demo(ns: argparse.Namespace) -> None:

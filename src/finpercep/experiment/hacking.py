@@ -716,11 +716,17 @@ def _finding_hacking(b: Mapping[str, Any], g: Mapping[str, Any]) -> dict[str, An
     return {"finding": "global reward hacking", "reproduced": ok, "clear": ok and clear, "text": text}
 
 
+OSC_RATIO = 1.2
+"""How much larger the reward-gain std without CCL must be than with it to count as oscillation."""
+
+
 def _finding_oscillation(
     f: Mapping[str, Any], c: Mapping[str, Any], osc_from: int, n_stage: int
 ) -> dict[str, Any]:
     fo, co = _metric(f, "reward_osc"), _metric(c, "reward_osc")
-    ok = fo > co if math.isfinite(fo) and math.isfinite(co) else None
+    ratio = fo / co if math.isfinite(fo) and math.isfinite(co) and co > 0 else math.nan
+    # a difference of a few percent in a std over one run is no evidence either way
+    ok = None if math.isnan(ratio) else ratio >= OSC_RATIO
     text = (
         f"Mean rolling std of the per-step reward gain over the pretrained generator (same batch, policy "
         f"noise and reward model, so batch content cancels) after step {osc_from}, where both rows train "
@@ -730,10 +736,15 @@ def _finding_oscillation(
     if ok is None:
         text += "Not measurable: a training log is missing."
     elif ok:
-        text += "Training against the full FinPercep-RM from the start fluctuates more."
+        text += f"Training against the full FinPercep-RM from the start fluctuates more ({ratio:.2f}x)."
+    elif ratio > 1.0:
+        text += (
+            f"The run without CCL fluctuates only {ratio:.2f}x as much, less than the {OSC_RATIO}x this "
+            "report asks for: no clear oscillation at this scale."
+        )
     else:
         text += "The run without CCL did not fluctuate more by this measure."
-    return {"finding": "FinPercep-RM without CCL oscillates", "reproduced": ok, "text": text}
+    return {"finding": "FinPercep-RM without CCL oscillates", "reproduced": ok, "ratio": ratio, "text": text}
 
 
 def _finding_ccl(
