@@ -82,10 +82,16 @@ def test_score_depends_on_the_map_once_the_gate_opens() -> None:
     pooled, m, _ = model.forward_parts(x)
     with torch.no_grad():
         model.gate.fill_(1.0)
-    pooled_dark = model.pool(model.encoder(x)[-1], torch.zeros_like(m))
-    assert torch.count_nonzero(pooled_dark) == 0  # M == 0 everywhere: nothing pooled, the score is MLP(0)
-    pooled_lit = model.pool(model.encoder(x)[-1], torch.ones_like(m))
+    f_top = model.encoder(x)[-1]
+    pooled_lit = model.pool(f_top, torch.ones_like(m))
     torch.testing.assert_close(pooled_lit, pooled)  # M == 1 recovers the ungated RM_0 pooling
+    lit_left = torch.zeros_like(m)
+    lit_left[..., : m.shape[-1] // 2] = 1.0
+    with torch.no_grad():
+        s_left = model.score_head(model.pool(f_top, lit_left))
+        s_right = model.score_head(model.pool(f_top, 1.0 - lit_left))
+        s_lit = model.score_head(pooled_lit)
+    assert not torch.allclose(s_left, s_right) and not torch.allclose(s_left, s_lit)
 
 
 def test_gate_is_a_bounded_buffer() -> None:
@@ -232,3 +238,39 @@ def _load(p: Path) -> np.ndarray:
     from finpercep.io import load_image
 
     return load_image(p)
+
+
+@pytest.mark.parametrize("pool", ["normalized", "product"])
+def test_score_pool_with_a_dark_map(pool: str) -> None:
+    """With the map dark everywhere the product pool forgets the image; the normalized one does not."""
+    model = RewardModel(replace(TINY, score_pool=pool, stage=1)).eval()
+    model.set_gate(1.0)
+    f_a = torch.randn(2, 16, 4, 4, generator=torch.Generator().manual_seed(1))
+    f_b = torch.randn(2, 16, 4, 4, generator=torch.Generator().manual_seed(2))
+    dark = torch.zeros(2, 1, 32, 32)
+    pa, pb = model.pool(f_a, dark), model.pool(f_b, dark)
+    assert torch.equal(pa[:, -1], torch.zeros(2))  # the defect area
+    if pool == "product":
+        assert torch.equal(pa, pb)
+    else:
+        assert not torch.allclose(pa, pb)
+        # all-dark or all-bright map: the plain mean of f_N, as in RM_0
+        for m in (dark, torch.ones(2, 1, 32, 32)):
+            torch.testing.assert_close(model.pool(f_a, m)[:, :-1], f_a.mean(dim=(2, 3)))
+        # a map lit on one half pools mostly that half's features
+        half = torch.zeros(2, 1, 32, 32)
+        half[..., :16] = 1.0
+        left = model.pool(f_a, half)[:, :-1]
+        weighted_sum = (f_a[..., :2] * 1.05).sum(dim=(2, 3)) + (f_a[..., 2:] * 0.05).sum(dim=(2, 3))
+        torch.testing.assert_close(left, weighted_sum / 16 / 0.55)
+
+
+def test_checkpoints_without_score_pool_load_as_product(tmp_path: Path) -> None:
+    model = RewardModel(replace(TINY, score_pool="product", stage=1))
+    model.save_pretrained(tmp_path / "rm")
+    cfg_path = tmp_path / "rm" / "config.json"
+    meta = json.loads(cfg_path.read_text())
+    del meta["rm_config"]["score_pool"]  # as written before the option existed
+    cfg_path.write_text(json.dumps(meta))
+    assert RewardModel.from_pretrained(tmp_path / "rm").config.score_pool == "product"
+    assert RewardModel.from_pretrained(None).config.score_pool == "product"  # the packaged default

@@ -7,16 +7,17 @@ Architecture (``N`` = number of encoder feature maps, ``f_1`` finest ... ``f_N``
     d_k, dz_k = Block_k(f_{N-k+1}, up(d_{k-1}))    # k = 2..stage: finer levels, U-Net-like skips
     M = sigmoid(sum_k up_HxW(dz_k))                # degradation map in [0, 1] at input resolution
     m = (1 - g) + g * avgpool_to(f_N)(M)           # g: map gate, 0 when RM_1 is grown, 1 once trained
-    S = MLP(mean_hw([f_N, 1] * m))                 # higher = better
+    S = MLP([sum_hw(f_N * (m + e)) / sum_hw(m + e), mean_hw(m)])   # higher = better (score_pool="normalized")
+    S = MLP(mean_hw([f_N * m, m]))                 # score_pool="product" (checkpoints before it existed)
 
 Stages (what RM_k contains, see :meth:`RewardModel.grow`):
 
-* ``RM_0``: encoder + score MLP. No decoder, ``M == 1``; ``S = MLP(mean([f_N, 1]))``: a global IQA model.
+* ``RM_0``: encoder + score MLP. No decoder, ``M == 1``; ``S = MLP([mean(f_N), 1])``: a global IQA model.
 * ``RM_1``: + decoder block 1 (1x1 lateral on ``f_N``, residual conv block, 1x1 logit head at the
   coarsest stride) + the gate ``g`` (a buffer, not learned). ``g`` starts at 0, so the *score* of RM_1
   equals RM_0's at the moment of growth; the map is new (it was identically 1 before, which no decoder
   can reproduce). Training opens the gate on a schedule (``RMTrainConfig.gate_ramp``) to ``g = 1``,
-  where ``S = MLP(mean([f_N, 1] * M))`` exactly: the score is the map-weighted pool. (A learned gate
+  where the score is exactly the map-weighted pool of the formula above. (A learned gate
   barely moves: L_align holds the scores and nothing else asks for the map, so the coupling is imposed.)
 * ``RM_k`` (k >= 2): + decoder block k (1x1 projection of ``d_{k-1}``, 1x1 lateral on ``f_{N-k+1}``,
   residual conv block, logit head at stride ``s_{N-k+1}``). The head starts at zero, so the map logits
@@ -24,8 +25,10 @@ Stages (what RM_k contains, see :meth:`RewardModel.grow`):
   the finer resolution.
 * ``RM_N`` is the full model. Growing never re-initialises existing parameters.
 
-The constant channel appended to ``f_N`` makes the pooled vector carry the map's mean (the defect
-area), which couples the score to the map directly.
+The pooled vector carries the map's mean (the defect area), which couples the score to the map directly,
+and the features where the map says the image is degraded. The product pool of the paper's formula goes to
+a constant when the map is dark everywhere, which a young decoder's map is: scores then collapse and
+training diverges (seen on a 32-crop dataset), hence the normalized pool by default.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MIN_SIZE = 32
+
+POOL_EPS = 0.05
+"""Uniform floor of the normalized pool's weights: an all-dark map pools to mean(f_N), not to zero."""
 
 EncoderName = Literal["small_cnn", "clip_rn50", "clip_vit", "dinov2", "dinov3", "timm"]
 
@@ -94,6 +100,11 @@ class RMConfig:
         (), help="decoder channels per level, finest first; empty = 16, 32, 64, 96, 96, ..."
     )
     head_hidden: int = option(128, help="hidden units of the score MLP")
+    score_pool: Literal["normalized", "product"] = option(
+        "normalized",
+        help="score pool of f_N and the map m: product = [mean(f*m), mean(m)] (collapses to a constant when "
+        "m -> 0 everywhere); normalized = [sum(f*(m+e)) / sum(m+e), mean(m)], the map-weighted average",
+    )
     stage: int | None = option(None, help="RM_k: decoder depth k (0 = global IQA model); none = full model")
     init_seed: int = option(0, help="seed of the parameter initialisation (and of each growth step)")
     score_range: tuple[float, float] = option(
@@ -314,14 +325,19 @@ class RewardModel(nn.Module):
         return tuple(out)
 
     def pool(self, f_top: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
-        """``mean_hw([f_N, 1] * modulation)`` -> [B, C_N + 1]; ``m`` is the map (None for RM_0)."""
-        ones = torch.ones_like(f_top[:, :1])
-        f = torch.cat([f_top, ones], dim=1)
+        """``[pool(f_N, mod), mean(mod)]`` -> [B, C_N + 1]; ``m`` is the map (None for RM_0: mod = 1)."""
         if m is None or self.gate is None:
-            return f.mean(dim=(2, 3))
-        small = F.adaptive_avg_pool2d(m, f_top.shape[-2:])
-        mod = 1.0 + self.gate * (small - 1.0)
-        return (f * mod).mean(dim=(2, 3))
+            mod = torch.ones_like(f_top[:, :1])
+        else:
+            small = F.adaptive_avg_pool2d(m, f_top.shape[-2:])
+            mod = 1.0 + self.gate * (small - 1.0)
+        area = mod.mean(dim=(2, 3))
+        if self.config.score_pool == "normalized":
+            w = mod + POOL_EPS
+            weighted = (f_top * w).mean(dim=(2, 3)) / w.mean(dim=(2, 3))
+        else:
+            weighted = (f_top * mod).mean(dim=(2, 3))
+        return torch.cat([weighted, area], dim=1)
 
     def forward(self, x: torch.Tensor | str | Path | Sequence[str | Path]) -> RMOutput:
         """Score and map ``x``: a float tensor [B, 3, H, W] in [0, 1] (H, W >= 32) or image path(s)."""
@@ -415,7 +431,8 @@ class RewardModel(nn.Module):
             raise FinPercepError(
                 f"{directory}: not a FinPercep reward model (config.json format={meta.get('format')!r})"
             )
-        cfg = from_dict(RMConfig, meta["rm_config"])
+        # checkpoints from before score_pool existed used the product pool
+        cfg = from_dict(RMConfig, {"score_pool": "product", **meta["rm_config"]})
         model = cls(cfg, encoder_extra=meta.get("encoder_extra") or {})
         from safetensors.torch import load_file
 
