@@ -85,3 +85,12 @@ def test_judge_copies_the_recipe_of_a_reward_model_but_not_its_data_or_seed(tmp_
         judge_training_config(JudgeConfig(like=str(exported)))
     from_export, _ = judge_training_config(JudgeConfig(like=str(exported), photos=("chelsea", "astronaut")))
     assert from_export.epochs == (2, 3, 1) and from_export.seed == 1
+
+
+def test_judge_like_the_packaged_default_copies_its_product_pool(tmp_path: Path) -> None:
+    from finpercep.rm.model import default_checkpoint_dir
+
+    train_cfg, model_cfg = judge_training_config(
+        JudgeConfig(out=str(tmp_path / "judge"), like=str(default_checkpoint_dir()), seed=1)
+    )
+    assert model_cfg.score_pool == "product" and model_cfg.init_seed == 1 and train_cfg.seed == 1

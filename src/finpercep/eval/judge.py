@@ -86,7 +86,7 @@ def judge_training_config(cfg: JudgeConfig) -> tuple[Any, Any]:
     and either the judge's stage/epoch settings or the whole recipe of ``cfg.like``.
 
     Refuses a judge that would share a seed or a training photo with the ``like`` model."""
-    from ..rm.model import RMConfig
+    from ..rm.model import saved_rm_config
     from ..rm.train import RMTrainConfig
 
     out = Path(cfg.out)
@@ -110,7 +110,7 @@ def judge_training_config(cfg: JudgeConfig) -> tuple[Any, Any]:
     train_cfg = {**train_cfg, **overrides}
     if "export" in train_cfg:
         train_cfg["export"] = None  # never overwrite the copied model's exported checkpoint
-    model_cfg = dataclasses.replace(from_dict(RMConfig, model), init_seed=cfg.seed)
+    model_cfg = dataclasses.replace(saved_rm_config(model), init_seed=cfg.seed)
     return from_dict(RMTrainConfig, train_cfg), model_cfg
 
 

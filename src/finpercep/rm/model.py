@@ -128,6 +128,12 @@ class RMConfig:
         check(self.score_range[0] <= self.score_range[1], "score_range must be (low, high)")
 
 
+def saved_rm_config(d: dict[str, Any]) -> RMConfig:
+    """An :class:`RMConfig` from its saved dict; files from before ``score_pool`` existed used the product
+    pool, so a missing key means ``product``, not today's default."""
+    return from_dict(RMConfig, {"score_pool": "product", **d})
+
+
 @dataclass
 class RMOutput:
     """``score``: [B], higher = better. ``map``: [B, 1, H, W] in [0, 1], higher = more degraded.
@@ -431,8 +437,7 @@ class RewardModel(nn.Module):
             raise FinPercepError(
                 f"{directory}: not a FinPercep reward model (config.json format={meta.get('format')!r})"
             )
-        # checkpoints from before score_pool existed used the product pool
-        cfg = from_dict(RMConfig, {"score_pool": "product", **meta["rm_config"]})
+        cfg = saved_rm_config(meta["rm_config"])
         model = cls(cfg, encoder_extra=meta.get("encoder_extra") or {})
         from safetensors.torch import load_file
 

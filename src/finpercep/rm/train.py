@@ -36,13 +36,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import dist as D
-from ..config import check, check_prob, from_dict, option, to_dict
+from ..config import check, check_prob, option, to_dict
 from ..errors import FinPercepError
 from ..io import atomic_path, atomic_write_json, atomic_write_text
 from .dataset import ChainDataset, SampleDataset, Split, collate_chains, collate_samples, load_split
 from .losses import align_loss, cross_rank_loss, map_bce_loss, map_l1_loss, rank_loss
 from .metrics import MapMetricAccumulator, beats, hf_energy_map, score_metrics
-from .model import RewardModel, RMConfig
+from .model import RewardModel, RMConfig, saved_rm_config
 from .plots import plot_curves
 
 logger = logging.getLogger(__name__)
@@ -392,7 +392,7 @@ def _check_resume(out: Path, cfg: RMTrainConfig, model_cfg: RMConfig | None) -> 
         raise FinPercepError(
             f"{out} holds a run with different settings ({', '.join(diff)}); use another --out"
         )
-    saved_model = from_dict(RMConfig, json.loads(mpath.read_text()))
+    saved_model = saved_rm_config(json.loads(mpath.read_text()))
     if model_cfg is not None and dataclasses.replace(model_cfg, stage=0) != saved_model:
         raise FinPercepError(f"{out} holds a run with a different model configuration; use another --out")
     return saved_model
@@ -437,7 +437,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
     if problem:
         raise FinPercepError(problem)
     if not d.main:
-        model_cfg = from_dict(RMConfig, json.loads((out / "model_config.json").read_text()))
+        model_cfg = saved_rm_config(json.loads((out / "model_config.json").read_text()))
     assert model_cfg is not None
     state = _load_state(out / STATE_NAME)
     model = RewardModel(model_cfg).to(d.device)
