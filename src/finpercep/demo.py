@@ -35,6 +35,8 @@ class DemoPreset:
     rm_stages: int
     rm_epochs: tuple[int, ...]
     rm_crop: int
+    rm_lr: float
+    rm_refine_lr: float
     rm_steps_per_epoch: int
     """Cap on steps per epoch (0: one pass over the chains)."""
     rm_val_samples: int
@@ -55,6 +57,8 @@ PRESETS: dict[str, DemoPreset] = {
         rm_stages=3,
         rm_epochs=(3, 3, 2),
         rm_crop=128,
+        rm_lr=1e-3,  # 2e-3 (the rm train default, for 144 crops) diverged on 32 crops
+        rm_refine_lr=0.5,
         rm_steps_per_epoch=0,
         rm_val_samples=104,
         judge_num=12,
@@ -70,6 +74,8 @@ PRESETS: dict[str, DemoPreset] = {
         rm_stages=2,
         rm_epochs=(1,),
         rm_crop=64,
+        rm_lr=1e-3,
+        rm_refine_lr=0.5,
         rm_steps_per_epoch=4,
         rm_val_samples=12,
         judge_num=3,
@@ -124,6 +130,8 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> Path:
             stages=p.rm_stages,
             epochs=p.rm_epochs,
             crop=p.rm_crop,
+            lr=p.rm_lr,
+            refine_lr=p.rm_refine_lr,
             max_steps_per_epoch=p.rm_steps_per_epoch,
             max_val_samples=p.rm_val_samples,
             seed=cfg.seed,
