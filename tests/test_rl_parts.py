@@ -370,3 +370,12 @@ def test_cli_builds_the_config() -> None:
     assert cfg.schedule == "adaptive" and cfg.lora_rank == 4 and cfg.ema_decay == 0.99
     assert cfg.extra_rewards == ("0.5*pyiqa:musiq",)
     assert ns.func.__name__ == "_cmd_train"
+
+
+def test_no_reward_model_path_means_every_stage_of_the_packaged_default() -> None:
+    from finpercep.rl.rewards import rm_stage_dirs
+    from finpercep.rm.model import default_checkpoint_dir
+
+    stages = rm_stage_dirs(None)
+    assert list(stages) == [0, 1, 2, 3, 4]  # ccl needs RM_0 ... RM_N, not only the highest stage
+    assert all(p.parent == default_checkpoint_dir() for p in stages.values())

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import FinPercepError
-from ..rm.model import CONFIG_NAME, RewardModel, resolve_checkpoint, stage_dirs
+from ..rm.model import CONFIG_NAME, RewardModel, default_checkpoint_dir, resolve_checkpoint, stage_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -157,14 +157,14 @@ def parse_weighted_spec(spec: str, device: str | torch.device = "cpu") -> tuple[
 
 
 def rm_stage_dirs(path: str | Path | None) -> dict[int, Path]:
-    """``{k: folder of RM_k}`` of an RM training folder (``stage_<k>`` sub-folders) or of one model folder."""
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise FinPercepError(f"reward model not found: {p}")
-        stages = stage_dirs(p)
-        if stages:
-            return stages
+    """``{k: folder of RM_k}`` of an RM training folder (``stage_<k>`` sub-folders) or of one model folder;
+    ``None``: every stage of the packaged default."""
+    p = Path(path) if path is not None else default_checkpoint_dir()
+    if path is not None and not p.exists():
+        raise FinPercepError(f"reward model not found: {p}")
+    stages = stage_dirs(p) if p.is_dir() else {}
+    if stages:
+        return stages
     directory = resolve_checkpoint(path, None)
     if not (directory / CONFIG_NAME).is_file():
         raise FinPercepError(f"{directory}: no reward model ({CONFIG_NAME}) found")
