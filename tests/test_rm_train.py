@@ -265,3 +265,13 @@ def test_two_process_ddp_training(fake_data: Path, tmp_path: Path) -> None:
         "RM training on 8 train chains" in proc.stderr
         and "2 process(es) on cpu, 2 steps per epoch" in proc.stderr
     )
+
+
+def test_lr_schedule_warms_up_decays_and_scales_refinement_stages() -> None:
+    cfg = RMTrainConfig(lr=1e-3, refine_lr=0.5, warmup_steps=10)
+    assert train_mod.lr_at(cfg, 0, 100, stage=1) == pytest.approx(1e-4)
+    assert train_mod.lr_at(cfg, 9, 100, stage=1) == pytest.approx(1e-3)  # peak at the end of warm-up
+    assert train_mod.lr_at(cfg, 99, 100, stage=1) == pytest.approx(1e-4, rel=0.01)  # 10 % at the end
+    for it in (0, 9, 50, 99):  # RM_2 ... RM_N start from a trained model: refine_lr times the rate
+        assert train_mod.lr_at(cfg, it, 100, stage=3) == pytest.approx(0.5 * train_mod.lr_at(cfg, it, 100, 1))
+    assert train_mod.lr_at(cfg, 9, 100, stage=0) == train_mod.lr_at(cfg, 9, 100, stage=1)
