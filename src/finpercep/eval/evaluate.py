@@ -362,18 +362,18 @@ def write_result(
             save_png(out / "images" / f"{pairs[i].name}_lr.png", pairs[i].lr)
             save_png(out / "images" / f"{pairs[i].name}_hr.png", pairs[i].hr)
     path = out / EVAL_JSON
-    atomic_write_json(path, _json_safe({**result.to_dict(), **(extra or {})}))
+    atomic_write_json(path, json_safe({**result.to_dict(), **(extra or {})}))
     return path
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """NaN / inf as None, so the file is strict JSON."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 

@@ -56,6 +56,7 @@ from ..eval.evaluate import (
     EVAL_PHOTOS,
     degraded_pairs,
     evaluate,
+    json_safe,
     read_result,
     write_result,
 )
@@ -924,9 +925,9 @@ def write_report(exp: _Experiment) -> Path:
     rep.mkdir(parents=True, exist_ok=True)
     data = collect(exp)
     found = findings(data)
-    atomic_write_json(rep / "table.json", _json_safe(table_json(data, found)))
+    atomic_write_json(rep / "table.json", json_safe(table_json(data, found)))
     atomic_write_text(rep / "table.md", table_markdown(data))
-    atomic_write_json(rep / "curves.json", _json_safe(data["curves"]))
+    atomic_write_json(rep / "curves.json", json_safe(data["curves"]))
     plot_experiment_curves(data, rep / "curves.png", cfg.rolling_window)
     crops_dir = rep / "crops"
     if crops_dir.is_dir():
@@ -977,16 +978,6 @@ degraded).</p>{"".join(grids)}
     atomic_write_text(path, page)
     logger.info("report: %s", path)
     return path
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 __all__ = ["ROWS", "ROW_NAMES", "TRAIN_PHOTOS", "HackingConfig", "RowSpec", "run_hacking"]
