@@ -199,6 +199,35 @@ def test_config_validation():
         SynthesisConfig(sr_folders=("nodir",))
     with pytest.raises(ConfigError):
         SynthesisConfig(shard_index=2, num_shards=2)
+    with pytest.raises(ConfigError, match="unknown embedded photos"):
+        SynthesisConfig(photos=("grass", "nope"))
+    with pytest.raises(ConfigError, match="not both"):
+        SynthesisConfig(photos=("grass",), hr=("somewhere",))
+
+
+def test_grayscale_embedded_photos_build_as_rgb(tmp_path):
+    out = tmp_path / "gray"
+    build(_cfg(out, num=2, photos=("grass", "gravel")), progress=False)
+    rows = read_manifest(out)
+    assert {r["source_image"] for r in rows} == {"grass", "gravel"}
+    gt = load_image(out / next(r for r in rows if r["role"] == "gt")["image"])
+    assert gt.shape == (64, 64, 3) and np.array_equal(gt[..., 0], gt[..., 2])
+
+
+def test_builds_from_before_the_photos_option_resume(small_build, tmp_path):
+    import shutil
+
+    from finpercep.data.manifest import BUILD_CONFIG
+
+    out = tmp_path / "old"
+    shutil.copytree(small_build, out)
+    saved = json.loads((out / BUILD_CONFIG).read_text())
+    del saved["photos"]
+    (out / BUILD_CONFIG).write_text(json.dumps(saved))
+    build(_cfg(out, num=3), progress=False)
+    assert _files(out) == _files(small_build)
+    with pytest.raises(FinPercepError, match="different configuration"):
+        build(_cfg(out, num=3, photos=("grass",)), progress=False)
 
 
 def test_changing_num_extends_or_truncates_the_same_dataset(small_build, tmp_path):
@@ -209,3 +238,14 @@ def test_changing_num_extends_or_truncates_the_same_dataset(small_build, tmp_pat
     assert _files(out) == _files(small_build)
     build(_cfg(out, num=2), progress=False)
     assert (out / "manifest.jsonl").read_bytes() == two
+
+
+def test_data_photos_lists_every_embedded_photo(capsys):
+    from finpercep.cli import main
+    from finpercep.data.photos import EMBEDDED_PHOTOS
+
+    main(["data", "photos"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(EMBEDDED_PHOTOS)
+    assert "grayscale" in next(line for line in lines if line.startswith("grass"))
+    assert "colour" in next(line for line in lines if line.startswith("coffee"))

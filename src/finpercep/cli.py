@@ -84,6 +84,13 @@ def _cmd_data_models(ns: argparse.Namespace) -> None:
         )
 
 
+def _cmd_data_photos(ns: argparse.Namespace) -> None:
+    from .data.photos import COLOUR_PHOTOS, EMBEDDED_PHOTOS
+
+    for name, (h, w) in EMBEDDED_PHOTOS.items():
+        _out(f"{name:22s} {w:5d}x{h:<5d} {'colour (default)' if name in COLOUR_PHOTOS else 'grayscale'}")
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="FGR dataset synthesis and inspection")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
@@ -100,6 +107,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_cmd_data_show)
     ls = dsub.add_parser("models", help="list the SR sources")
     ls.set_defaults(func=_cmd_data_models)
+    ph = dsub.add_parser("photos", help="list the embedded photos (names for --photos)")
+    ph.set_defaults(func=_cmd_data_photos)
 
 
 # --- rm / score -----------------------------------------------------------------------------------

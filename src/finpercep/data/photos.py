@@ -1,4 +1,4 @@
-"""HR photo sources: any folder of images, or the colour photos that scikit-image ships."""
+"""HR photo sources: any folder of images, or the photos that scikit-image ships."""
 
 from __future__ import annotations
 
@@ -25,12 +25,15 @@ def _skimage_loader(name: str) -> Callable[[], np.ndarray]:
             arr = left if name.endswith("left") else right
         else:
             arr = getattr(skimage.data, name)()
+        if arr.ndim == 2:
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
         return np.ascontiguousarray(arr.astype(np.float32) / 255.0)
 
     return load
 
 
-# name -> (height, width): the colour photographs bundled with scikit-image (no download needed).
+# name -> (height, width): the photographs bundled with scikit-image (no download needed); the grayscale
+# ones (natural textures and scenes) load as RGB with three equal channels.
 EMBEDDED_PHOTOS: dict[str, tuple[int, int]] = {
     "astronaut": (512, 512),
     "chelsea": (300, 451),
@@ -41,7 +44,19 @@ EMBEDDED_PHOTOS: dict[str, tuple[int, int]] = {
     "motorcycle_right": (500, 741),
     "retina": (1411, 1411),
     "rocket": (427, 640),
+    "brick": (512, 512),
+    "camera": (512, 512),
+    "coins": (303, 384),
+    "grass": (512, 512),
+    "gravel": (512, 512),
+    "moon": (512, 512),
 }
+
+COLOUR_PHOTOS: tuple[str, ...] = (
+    "astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry",
+    "motorcycle_left", "motorcycle_right", "retina", "rocket",
+)
+"""The embedded photos used when no names are given: the colour ones."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +74,10 @@ class Photo:
 
 
 def embedded_photos(names: Sequence[str] | None = None) -> list[Photo]:
-    names = list(EMBEDDED_PHOTOS) if names is None else list(names)
+    """The named embedded photos; None (or no names): :data:`COLOUR_PHOTOS`; ``["all"]``: every one."""
+    names = list(names) if names else list(COLOUR_PHOTOS)
+    if names == ["all"]:
+        names = list(EMBEDDED_PHOTOS)
     unknown = [n for n in names if n not in EMBEDDED_PHOTOS]
     if unknown:
         raise FinPercepError(f"unknown embedded photos {unknown}; available: {sorted(EMBEDDED_PHOTOS)}")

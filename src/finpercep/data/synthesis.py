@@ -31,7 +31,7 @@ from .degradation import DegradationConfig, degrade
 from .gtmap import GTMapConfig, gt_degradation_maps
 from .manifest import BUILD_CONFIG, MANIFEST, read_manifest, write_manifest
 from .masks import MaskConfig, feather, random_mask, semantic_mask
-from .photos import Photo, embedded_photos, folder_photos, random_crop_box, usable_photos
+from .photos import EMBEDDED_PHOTOS, Photo, embedded_photos, folder_photos, random_crop_box, usable_photos
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,12 @@ class SynthesisConfig:
     """FGR data synthesis (``finpercep data build``)."""
 
     out: str = option("runs/fgr", help="output dataset folder")
-    hr: tuple[str, ...] = option((), help="HR photo folders (recursive); empty: scikit-image's colour photos")
+    hr: tuple[str, ...] = option((), help="HR photo folders (recursive); empty: scikit-image's photos")
+    photos: tuple[str, ...] = option(
+        (),
+        help="embedded photos used when hr is empty (see `finpercep data photos`); empty: the colour ones; "
+        "all: every one",
+    )
     num: int = option(
         200, help="number of GT crops (groups); each yields 1 + 3 x (number of SR sources) samples"
     )
@@ -83,6 +88,10 @@ class SynthesisConfig:
             f"degradation.scale ({self.degradation.scale}) must equal scale ({self.scale})",
         )
         check(len(self.sr_models) + len(self.sr_folders) >= 1, "at least one SR source is needed")
+        named = () if self.photos == ("all",) else self.photos
+        unknown = sorted(set(named) - set(EMBEDDED_PHOTOS))
+        check(not unknown, f"unknown embedded photos {unknown}; available: {sorted(EMBEDDED_PHOTOS)}")
+        check(not (self.photos and self.hr), "give hr folders or embedded photos, not both")
         check(len(set(self.sr_models)) == len(self.sr_models), f"duplicate SR sources in {self.sr_models}")
         for spec in self.sr_folders:
             check("=" in spec and all(spec.split("=", 1)), f"sr_folders entries are NAME=DIR, got {spec!r}")
@@ -116,7 +125,7 @@ def _sr_sources(cfg: SynthesisConfig) -> list[Any]:
 
 
 def _photos(cfg: SynthesisConfig) -> list[Photo]:
-    photos = folder_photos(cfg.hr) if cfg.hr else embedded_photos()
+    photos = folder_photos(cfg.hr) if cfg.hr else embedded_photos(cfg.photos)
     return usable_photos(photos, cfg.hr_size)
 
 
@@ -305,7 +314,7 @@ def _check_or_write_config(cfg: SynthesisConfig, out: Path) -> None:
     current = json.loads(json.dumps(config_to_json(cfg)))
     path = out / BUILD_CONFIG
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = {"photos": [], **json.loads(path.read_text())}  # builds from before the option had none
         ignore = ("workers", "out", "sr_threads", "num")
         diff = sorted(
             k for k in set(saved) | set(current) if k not in ignore and saved.get(k) != current.get(k)
