@@ -135,6 +135,15 @@ def test_rerun_skips_finished_rows(run: tuple[HackingConfig, Path], monkeypatch:
     assert json.loads((report.parent / "table.json").read_text())["rows"] == json.loads(table)["rows"]
     with pytest.raises(FinPercepError, match="different settings.*steps"):
         run_hacking(dataclasses.replace(cfg, steps=6))
+    saved_path = Path(cfg.out) / H.CONFIG_NAME
+    saved = saved_path.read_text()
+    old = json.loads(saved)
+    del old["early_steps"]  # an experiment from before the option: its CCL rows split the run evenly
+    saved_path.write_text(json.dumps(old))
+    with pytest.raises(FinPercepError, match="different settings.*early_steps"):
+        run_hacking(cfg)
+    assert run_hacking(dataclasses.replace(cfg, early_steps=0)) == report
+    saved_path.write_text(saved)
 
 
 def test_an_interrupted_row_resumes_to_the_same_result(

@@ -53,6 +53,20 @@ def test_fixed_schedule_default_is_an_even_split() -> None:
     assert [used.count(k) for k in range(4)] == [25, 25, 25, 25]
 
 
+def test_early_steps_give_short_early_stages_and_the_rest_to_the_last() -> None:
+    cur = Curriculum(CurriculumConfig(kind="ccl", early_steps=4), (0, 1, 2, 3), 30)
+    used = run(cur, [0.0] * 30)
+    assert [used.count(k) for k in range(4)] == [4, 4, 4, 18]
+    assert [t.step for t in cur.transitions] == [4, 8, 12]
+    explicit_cfg = CurriculumConfig(kind="ccl", stage_steps=(2, 5, 9), early_steps=4)
+    explicit = Curriculum(explicit_cfg, (0, 1, 2, 3), 30)
+    assert explicit.boundaries == (2, 5, 9)
+    short = Curriculum(CurriculumConfig(kind="ccl", early_steps=4), (0, 1, 2, 3), 12)
+    assert short.boundaries == (3, 6, 9)  # too short a run for 4-step early stages: the even split
+    with pytest.raises(ConfigError, match="early_steps must be >= 0"):
+        CurriculumConfig(early_steps=-1)
+
+
 def test_fixed_schedule_needs_one_boundary_per_later_stage() -> None:
     with pytest.raises(ConfigError, match="stage_steps needs 2"):
         Curriculum(CurriculumConfig(kind="ccl", stage_steps=(5,)), (0, 1, 2), 10)

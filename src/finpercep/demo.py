@@ -42,6 +42,9 @@ class DemoPreset:
     rm_val_samples: int
     judge_num: int
     rl_steps: int
+    rl_lr: float
+    rl_early_steps: int
+    """CCL: steps of every stage but the last (0: even split)."""
     rl_rows: tuple[str, ...]
     eval_every: int
     num_pairs: int
@@ -63,6 +66,8 @@ PRESETS: dict[str, DemoPreset] = {
         rm_val_samples=104,
         judge_num=12,
         rl_steps=150,
+        rl_lr=3e-4,  # the setting its README numbers come from (the experiment defaults to 1e-4, early 20)
+        rl_early_steps=0,
         rl_rows=("baseline", "global", "finpercep_ccl"),
         eval_every=25,
         num_pairs=12,
@@ -80,6 +85,8 @@ PRESETS: dict[str, DemoPreset] = {
         rm_val_samples=12,
         judge_num=3,
         rl_steps=6,
+        rl_lr=3e-4,
+        rl_early_steps=0,
         rl_rows=("baseline", "global", "finpercep_ccl"),
         eval_every=3,
         num_pairs=2,
@@ -160,6 +167,8 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> Path:
             out=str(out / "experiment"),
             rows=p.rl_rows,
             steps=p.rl_steps,
+            lr=p.rl_lr,
+            early_steps=p.rl_early_steps,
             seed=cfg.seed,
             eval_every=p.eval_every,
             num_pairs=p.num_pairs,

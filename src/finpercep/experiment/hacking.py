@@ -129,7 +129,9 @@ class HackingConfig:
     steps: int = option(300, help="RL steps of every RL row")
     batch_size: int = option(4, help="LR inputs per step")
     group_size: int = option(4, help="grpo: samples per LR input")
-    lr: float = option(3e-4, help="learning rate")
+    lr: float = option(
+        1e-4, help="learning rate (at 3e-4 every RL row, FinPercep's too, gained artifacts within 25 steps)"
+    )
     kl_coef: float = option(0.01, help="grpo: KL weight to the pretrained generator")
     policy_std: float = option(0.05, help="grpo: std of the Gaussian policy")
     fidelity_weight: float = option(1.0, help="refl: weight of the MSE to the pretrained generator's output")
@@ -137,7 +139,12 @@ class HackingConfig:
     map_penalty: float = option(0.0, help="subtract this times the mean FinPercep map from RM_k>0 rewards")
     schedule: Literal["fixed", "adaptive"] = option("fixed", help="ccl stage transitions")
     stage_steps: tuple[int, ...] = option(
-        (), help="ccl fixed: step at which each later stage starts; empty = even"
+        (), help="ccl fixed: step at which each later stage starts; empty = early_steps or an even split"
+    )
+    early_steps: int = option(
+        20,
+        help="ccl fixed, no stage_steps: steps of every stage but the last (0 = even split); a long RM_0 "
+        "phase hacks the global reward just as the global row does",
     )
     lr_size: int = option(32, help="LR training crop size")
     train_photos: tuple[str, ...] = option(TRAIN_PHOTOS, help="embedded photos RL trains on")
@@ -203,6 +210,7 @@ class HackingConfig:
             curriculum=row.curriculum or "global",
             schedule=self.schedule,
             stage_steps=self.stage_steps,
+            early_steps=self.early_steps,
             steps=self.steps,
             batch_size=self.batch_size,
             group_size=self.group_size,
@@ -232,7 +240,7 @@ def _check_config(out: Path, cfg: HackingConfig) -> None:
     path = out / CONFIG_NAME
     now = json.loads(json.dumps(to_dict(cfg)))
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = {"early_steps": 0, **json.loads(path.read_text())}  # runs from before the option had none
         diff = sorted(
             k for k in set(saved) | set(now) if k not in _RESUME_IGNORES and saved.get(k) != now.get(k)
         )

@@ -8,7 +8,9 @@ Kinds (``stages`` are the RM stages available, e.g. ``(0, 1, 2, 3)`` for RM_0..R
 
 Schedules for ``ccl``:
 
-* ``fixed``    -- stage ``i`` starts at ``stage_steps[i - 1]``; by default the run is split evenly;
+* ``fixed``    -- stage ``i`` starts at ``stage_steps[i - 1]``; without them, every stage but the last lasts
+  ``early_steps`` steps (no longer than an even split) and the last gets the rest, and with
+  ``early_steps = 0`` the run is split evenly;
 * ``adaptive`` -- advance once the current stage's per-step mean reward has plateaued and its variance
   is stable: over the last two windows of ``window`` steps, ``|mean_2 - mean_1| <= plateau_tol * sd``
   (``sd`` the pooled within-window standard deviation) and ``max(var) <= var_ratio * min(var)``. A stage
@@ -41,7 +43,10 @@ class CurriculumConfig:
     )
     schedule: ScheduleKind = option("fixed", help="ccl stage transitions: fixed steps or adaptive (plateau)")
     stage_steps: tuple[int, ...] = option(
-        (), help="fixed: step at which each later stage starts; empty = even split"
+        (), help="fixed: step at which each later stage starts; empty = early_steps or an even split"
+    )
+    early_steps: int = option(
+        0, help="fixed, no stage_steps: steps of every stage but the last, at most an even split (0 = even)"
     )
     window: int = option(20, help="adaptive: window (steps) of the plateau test")
     plateau_tol: float = option(1.0, help="adaptive: plateau when the window-to-window mean gain <= tol * sd")
@@ -61,6 +66,7 @@ class CurriculumConfig:
             f"schedule must be fixed or adaptive, got {self.schedule!r}",
         )
         check(all(s > 0 for s in self.stage_steps), "stage_steps must be positive")
+        check(self.early_steps >= 0, f"early_steps must be >= 0, got {self.early_steps}")
         check(
             list(self.stage_steps) == sorted(set(self.stage_steps)), "stage_steps must be strictly increasing"
         )
@@ -138,6 +144,9 @@ class Curriculum:
                     f"stages {list(self.order)}, got {len(cfg.stage_steps)}",
                 )
                 self.boundaries = tuple(cfg.stage_steps)
+            elif cfg.early_steps:
+                even = even_boundaries(len(self.order), total_steps)
+                self.boundaries = tuple(min(cfg.early_steps * k, b) for k, b in enumerate(even, start=1))
             else:
                 self.boundaries = even_boundaries(len(self.order), total_steps)
         self.index = 0

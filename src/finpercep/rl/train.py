@@ -99,7 +99,10 @@ class RLConfig:
     curriculum: CurriculumKind = option("ccl", help="global = RM_0, full = RM_N, ccl = RM_0 -> ... -> RM_N")
     schedule: ScheduleKind = option("fixed", help="ccl transitions: fixed steps or adaptive (reward plateau)")
     stage_steps: tuple[int, ...] = option(
-        (), help="fixed: step at which each later stage starts; empty = even split"
+        (), help="fixed: step at which each later stage starts; empty = early_steps or an even split"
+    )
+    early_steps: int = option(
+        0, help="fixed, no stage_steps: steps of every stage but the last, at most an even split (0 = even)"
     )
     plateau_window: int = option(20, help="adaptive: window (steps) of the plateau test")
     plateau_tol: float = option(1.0, help="adaptive: plateau when the mean gain between windows <= tol * sd")
@@ -182,6 +185,7 @@ class RLConfig:
             kind=self.curriculum,
             schedule=self.schedule,
             stage_steps=self.stage_steps,
+            early_steps=self.early_steps,
             window=self.plateau_window,
             plateau_tol=self.plateau_tol,
             var_ratio=self.plateau_var_ratio,
@@ -337,7 +341,7 @@ def _check_resume(out: Path, cfg: RLConfig) -> bool:
     path = out / CONFIG_NAME
     if not path.is_file():
         return False
-    saved = json.loads(path.read_text())
+    saved = {"early_steps": 0, **json.loads(path.read_text())}  # runs from before the option had none
     now = json.loads(json.dumps(to_dict(cfg)))
     diff = sorted(k for k in set(saved) | set(now) if k not in _RESUME_IGNORES and saved.get(k) != now.get(k))
     if diff:
