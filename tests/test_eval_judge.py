@@ -87,10 +87,18 @@ def test_judge_copies_the_recipe_of_a_reward_model_but_not_its_data_or_seed(tmp_
     assert from_export.epochs == (2, 3, 1) and from_export.seed == 1
 
 
-def test_judge_like_the_packaged_default_copies_its_product_pool(tmp_path: Path) -> None:
+def test_judge_like_a_checkpoint_copies_its_score_pool(tmp_path: Path) -> None:
     from finpercep.rm.model import default_checkpoint_dir
 
+    provenance = json.loads((default_checkpoint_dir() / "provenance.json").read_text())
     train_cfg, model_cfg = judge_training_config(
         JudgeConfig(out=str(tmp_path / "judge"), like=str(default_checkpoint_dir()), seed=1)
     )
-    assert model_cfg.score_pool == "product" and model_cfg.init_seed == 1 and train_cfg.seed == 1
+    assert model_cfg.score_pool == provenance["model_config"].get("score_pool", "product")
+    assert model_cfg.init_seed == 1 and train_cfg.seed == 1
+    old = tmp_path / "old_export"
+    old.mkdir()
+    provenance["model_config"].pop("score_pool", None)  # exported before the option existed: the product pool
+    (old / "provenance.json").write_text(json.dumps(provenance))
+    _, old_cfg = judge_training_config(JudgeConfig(out=str(tmp_path / "judge2"), like=str(old), seed=1))
+    assert old_cfg.score_pool == "product"
