@@ -273,4 +273,4 @@ def test_checkpoints_without_score_pool_load_as_product(tmp_path: Path) -> None:
     del meta["rm_config"]["score_pool"]  # as written before the option existed
     cfg_path.write_text(json.dumps(meta))
     assert RewardModel.from_pretrained(tmp_path / "rm").config.score_pool == "product"
-    assert RewardModel.from_pretrained(None).config.score_pool == "product"  # the packaged default
+    assert RewardModel.from_pretrained(None).config.score_pool == "normalized"  # the packaged default
