@@ -136,7 +136,9 @@ class HackingConfig:
     policy_std: float = option(0.05, help="grpo: std of the Gaussian policy")
     fidelity_weight: float = option(1.0, help="refl: weight of the MSE to the pretrained generator's output")
     lora_rank: int = option(0, help="LoRA rank (0 = train all weights)")
-    map_penalty: float = option(0.0, help="subtract this times the mean FinPercep map from RM_k>0 rewards")
+    map_penalty: float = option(
+        0.5, help="subtract this times the mean FinPercep map from RM_k>0 rewards (0: the score alone)"
+    )
     schedule: Literal["fixed", "adaptive"] = option("fixed", help="ccl stage transitions")
     stage_steps: tuple[int, ...] = option(
         (), help="ccl fixed: step at which each later stage starts; empty = early_steps or an even split"
