@@ -137,7 +137,7 @@ class HackingConfig:
     fidelity_weight: float = option(1.0, help="refl: weight of the MSE to the pretrained generator's output")
     lora_rank: int = option(0, help="LoRA rank (0 = train all weights)")
     map_penalty: float = option(
-        0.5, help="subtract this times the mean FinPercep map from RM_k>0 rewards (0: the score alone)"
+        0.5, help="subtract this times the mean FinPercep map from every reward (RM_0's map is 1: a shift)"
     )
     schedule: Literal["fixed", "adaptive"] = option("fixed", help="ccl stage transitions")
     stage_steps: tuple[int, ...] = option(
