@@ -202,6 +202,13 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(assets: dict[str, P
     assert any(not torch.equal(final[k], ema[k]) for k in final)
     with pytest.raises(FinPercepError, match="different settings"):
         train(dataclasses.replace(cfg, lr=1e-4))
+    saved_path = Path(cfg.out) / "rl_config.json"
+    saved = json.loads(saved_path.read_text())
+    del saved["early_steps"]  # a run from before the option: it split the run evenly
+    saved_path.write_text(json.dumps(saved))
+    assert train(cfg) == resumed
+    with pytest.raises(FinPercepError, match="different settings.*early_steps"):
+        train(dataclasses.replace(cfg, early_steps=2))
 
 
 def test_animevideov3_smoke(assets: dict[str, Path]) -> None:

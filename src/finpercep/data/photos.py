@@ -52,10 +52,8 @@ EMBEDDED_PHOTOS: dict[str, tuple[int, int]] = {
     "moon": (512, 512),
 }
 
-COLOUR_PHOTOS: tuple[str, ...] = (
-    "astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry",
-    "motorcycle_left", "motorcycle_right", "retina", "rocket",
-)
+GRAYSCALE_PHOTOS: tuple[str, ...] = ("brick", "camera", "coins", "grass", "gravel", "moon")
+COLOUR_PHOTOS: tuple[str, ...] = tuple(n for n in EMBEDDED_PHOTOS if n not in GRAYSCALE_PHOTOS)
 """The embedded photos used when no names are given: the colour ones."""
 
 
