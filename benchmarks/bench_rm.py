@@ -2,6 +2,7 @@
 
     python benchmarks/bench_rm.py                      # default small CNN and a CLIP-RN50-sized encoder
     python benchmarks/bench_rm.py --threads 1 --batch 8 --iters 5 --json out.json
+    python benchmarks/bench_rm.py --encoders small_cnn --decoder-block light   # the lighter decoder body
 
 Each (encoder, stage, mode) runs in its own subprocess so the peak-memory numbers do not mix. Modes:
 ``infer`` (no grad) and ``reward`` (forward + backward to the input, as when the model is a loss).
@@ -16,6 +17,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -27,7 +29,15 @@ def _rss_kib(field: str) -> int:
 
 
 def run_one(
-    encoder: str, stage: str, mode: str, batch: int, size: int, iters: int, threads: int, device: str
+    encoder: str,
+    stage: str,
+    mode: str,
+    batch: int,
+    size: int,
+    iters: int,
+    threads: int,
+    device: str,
+    decoder_block: str = "res",
 ) -> dict:
     import torch
 
@@ -35,11 +45,11 @@ def run_one(
 
     if threads:
         torch.set_num_threads(threads)
-    cfg = RMConfig(encoder=encoder)
+    cfg = RMConfig(encoder=encoder, decoder_block=decoder_block)
     model = RewardModel(cfg).to(device).eval()
     n_levels = model.num_levels
     if stage == "0":
-        model = RewardModel(RMConfig(encoder=encoder, stage=0)).to(device).eval()
+        model = RewardModel(replace(cfg, stage=0)).to(device).eval()
     params = sum(p.numel() for p in model.parameters())
     x = torch.rand(batch, 3, size, size, device=device)
 
@@ -69,6 +79,7 @@ def run_one(
         peak_mib = max(0, _rss_kib("VmHWM") - before) / 1024
     return {
         "encoder": encoder,
+        "decoder_block": decoder_block,
         "stage": stage,
         "levels": n_levels,
         "mode": mode,
@@ -88,11 +99,12 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--decoder-block", default="res", choices=["res", "light"], help="RMConfig.decoder_block")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--one", nargs=3, metavar=("ENCODER", "STAGE", "MODE"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
-        print(json.dumps(run_one(*a.one, a.batch, a.size, a.iters, a.threads, a.device)))
+        print(json.dumps(run_one(*a.one, a.batch, a.size, a.iters, a.threads, a.device, a.decoder_block)))
         return
     results = []
     for enc in a.encoders:
@@ -115,6 +127,8 @@ def main() -> None:
                     str(a.threads),
                     "--device",
                     a.device,
+                    "--decoder-block",
+                    a.decoder_block,
                 ]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 results.append(json.loads(out.strip().splitlines()[-1]))
@@ -125,7 +139,10 @@ def main() -> None:
                     f"peak +{r['peak_mib']:7.1f} MiB  {r['params'] / 1e6:6.2f} M params",
                     flush=True,
                 )
-    print(f"\nbatch {a.batch}, {a.size}x{a.size}, threads {a.threads or 'default'}, device {a.device}")
+    print(
+        f"\nbatch {a.batch}, {a.size}x{a.size}, threads {a.threads or 'default'}, device {a.device}, "
+        f"decoder block {a.decoder_block}"
+    )
     for enc in a.encoders:
         for mode in a.modes:
             r0 = next(r for r in results if r["encoder"] == enc and r["mode"] == mode and r["stage"] == "0")

@@ -6,7 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from finpercep.rm.losses import align_loss, cross_rank_loss, map_bce_loss, map_l1_loss, rank_loss
+from finpercep.rm.losses import (
+    align_loss,
+    cross_rank_loss,
+    map_area_loss,
+    map_bce_loss,
+    map_l1_loss,
+    rank_loss,
+)
 
 
 def test_map_l1_plain_is_mean_absolute_error() -> None:
@@ -45,11 +52,26 @@ def test_map_bce_matches_torch_and_is_minimal_at_the_target() -> None:
     assert z.grad.abs().max() < 1e-6
 
 
+def test_map_area_loss_compares_means_not_layouts() -> None:
+    target = torch.zeros(2, 1, 4, 4)
+    target[0, :, :2] = 1.0  # image 0: top half degraded (mean 0.5); image 1: clean
+    moved = target.flip(2)  # the same amount in the wrong place: no area error, large L1 error
+    assert map_area_loss(moved, target).item() == pytest.approx(0.0)
+    assert map_l1_loss(moved, target).item() == pytest.approx(0.5)
+    flat = torch.full_like(target, 0.1)  # |0.1 - 0.5| and |0.1 - 0| averaged over the batch
+    assert map_area_loss(flat, target).item() == pytest.approx(0.25)
+    pred = flat.clone().requires_grad_(True)
+    map_area_loss(pred, target).backward()
+    assert (pred.grad[0] < 0).all() and (pred.grad[1] > 0).all()  # raise image 0, lower image 1
+
+
 def test_map_losses_reject_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="shapes differ"):
         map_l1_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5))
     with pytest.raises(ValueError, match="shapes differ"):
         map_bce_loss(torch.zeros(1, 1, 4, 4), torch.zeros(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="shapes differ"):
+        map_area_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 5, 4))
 
 
 def test_rank_loss_zero_when_ordered_with_margins() -> None:

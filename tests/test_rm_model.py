@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from finpercep.errors import FinPercepError
+from finpercep.errors import ConfigError, FinPercepError
 from finpercep.io import save_png
 from finpercep.rm import RewardModel, RMConfig, RMInputError, RMOutput
 from finpercep.rm.model import default_checkpoint_dir
@@ -50,10 +50,12 @@ def test_rm0_is_a_global_model_with_a_constant_map() -> None:
     assert out.map_logits == ()
 
 
-@pytest.mark.parametrize("norm", ["group", "batch", "none"])
-def test_growth_keeps_parameters_and_outputs(norm: str) -> None:
+@pytest.mark.parametrize(
+    ("norm", "body"), [("group", "res"), ("batch", "res"), ("none", "res"), ("group", "light")]
+)
+def test_growth_keeps_parameters_and_outputs(norm: str, body: str) -> None:
     """RM_k == RM_{k-1} at growth: scores for k = 1 (zero gate), scores and maps for k >= 2 (zero heads)."""
-    model = RewardModel(replace(TINY, stage=0, norm=norm)).eval()
+    model = RewardModel(replace(TINY, stage=0, norm=norm, decoder_block=body)).eval()
     x = _x()
     for k in range(1, model.num_levels + 1):
         _perturb(model, seed=k)  # a trained-looking RM_{k-1}
@@ -117,15 +119,16 @@ def test_direct_construction_equals_sequential_growth() -> None:
     assert not torch.equal(c.state_dict()["score_head.fc1.weight"], sa["score_head.fc1.weight"])
 
 
-def test_save_load_round_trip(tmp_path: Path) -> None:
-    model = RewardModel(replace(TINY, stage=2, score_range=(-0.5, 0.7))).eval()
+@pytest.mark.parametrize("body", ["res", "light"])
+def test_save_load_round_trip(tmp_path: Path, body: str) -> None:
+    model = RewardModel(replace(TINY, stage=2, score_range=(-0.5, 0.7), decoder_block=body)).eval()
     _perturb(model)
     model.save_pretrained(tmp_path / "rm")
     meta = json.loads((tmp_path / "rm" / "config.json").read_text())
     assert meta["stage"] == 2 and meta["format"] == "finpercep-rm"
     loaded = RewardModel.from_pretrained(tmp_path / "rm")
     assert loaded.stage == 2 and not loaded.training
-    assert loaded.score_range == "~-0.5, ~0.7"
+    assert loaded.score_range == "~-0.5, ~0.7" and loaded.config.decoder_block == body
     x = _x()
     a, b = model(x), loaded(x)
     assert torch.equal(a.score, b.score) and torch.equal(a.map, b.map)
@@ -270,7 +273,17 @@ def test_checkpoints_without_score_pool_load_as_product(tmp_path: Path) -> None:
     model.save_pretrained(tmp_path / "rm")
     cfg_path = tmp_path / "rm" / "config.json"
     meta = json.loads(cfg_path.read_text())
-    del meta["rm_config"]["score_pool"]  # as written before the option existed
+    del meta["rm_config"]["score_pool"]  # as written before the options existed
+    del meta["rm_config"]["decoder_block"]
     cfg_path.write_text(json.dumps(meta))
-    assert RewardModel.from_pretrained(tmp_path / "rm").config.score_pool == "product"
+    old = RewardModel.from_pretrained(tmp_path / "rm").config
+    assert old.score_pool == "product" and old.decoder_block == "res"
     assert RewardModel.from_pretrained(None).config.score_pool == "normalized"  # the packaged default
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("decoder_block", "unet"), ("score_pool", "max"), ("norm", "layer")]
+)
+def test_config_rejects_unknown_choices(field: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        replace(TINY, **{field: value})

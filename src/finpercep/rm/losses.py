@@ -3,7 +3,8 @@
 ``L_total = lambda_map * L_map + lambda_rank * L_rank + lambda_align * L_align``
 
 * :func:`map_l1_loss` / :func:`map_bce_loss` -- L_map, the per-pixel distance of the predicted map M to
-  M_gt, optionally class-balanced so that small defects weigh as much as the clean background.
+  M_gt, optionally class-balanced so that small defects weigh as much as the clean background;
+  :func:`map_area_loss` adds the image-level distance of the map means.
 * :func:`rank_loss` -- L_rank, hinge over every ordered pair of a ranking chain
   ``GT > small swap > large swap > SR`` with per-gap margins; :func:`cross_rank_loss` applies the same
   order across the chains of a batch.
@@ -61,6 +62,18 @@ def map_bce_loss(
         raise ValueError(f"map shapes differ: {tuple(logits.shape)} vs {tuple(target.shape)}")
     per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     return _balanced_mean(per_pixel, target, tau, balance)
+
+
+def map_area_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Image-level L1 between the mean predicted map and the mean of ``target`` (both [B,1,H,W]).
+
+    A per-pixel loss settles at the median where local evidence is weak: content a whole image shares
+    (an SR model's over-smoothed texture) looks clean patch by patch and gets a dark map. This term
+    asks for the right amount of degradation per image, which image-wide evidence can supply.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"map shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+    return (pred.flatten(1).mean(1) - target.flatten(1).mean(1)).abs().mean()
 
 
 def rank_loss(

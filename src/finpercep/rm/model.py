@@ -51,7 +51,7 @@ from torch import nn
 from ..config import check, from_dict, option, to_dict
 from ..errors import FinPercepError
 from ..io import atomic_path, atomic_write_json, load_image
-from .encoders import ENCODERS, Encoder, ResBlock, build_encoder
+from .encoders import ENCODERS, Encoder, ResBlock, build_encoder, norm_layer
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,11 @@ class RMConfig:
     decoder_widths: tuple[int, ...] = option(
         (), help="decoder channels per level, finest first; empty = 16, 32, 64, 96, 96, ..."
     )
+    decoder_block: Literal["res", "light"] = option(
+        "res",
+        help="decoder block body: res = two 3x3 convs (a mirror of small_cnn's levels); "
+        "light = one depthwise 3x3 and a 1x1 (about a fifth of the cost)",
+    )
     head_hidden: int = option(128, help="hidden units of the score MLP")
     score_pool: Literal["normalized", "product"] = option(
         "normalized",
@@ -123,6 +128,17 @@ class RMConfig:
         check(all(b >= 0 for b in self.cnn_blocks), "cnn_blocks must be >= 0")
         check(all(w > 0 for w in self.decoder_widths), "decoder_widths must be positive")
         check(self.head_hidden > 0, "head_hidden must be positive")
+        check(
+            self.norm in ("none", "batch", "group"), f"norm must be none, batch or group, got {self.norm!r}"
+        )
+        check(
+            self.decoder_block in ("res", "light"),
+            f"decoder_block must be res or light, got {self.decoder_block!r}",
+        )
+        check(
+            self.score_pool in ("normalized", "product"),
+            f"score_pool must be normalized or product, got {self.score_pool!r}",
+        )
         check(self.stage is None or self.stage >= 0, f"stage must be >= 0 or none, got {self.stage}")
         check(self.vit_channels > 0, "vit_channels must be positive")
         check(self.score_range[0] <= self.score_range[1], "score_range must be (low, high)")
@@ -130,8 +146,9 @@ class RMConfig:
 
 def saved_rm_config(d: dict[str, Any]) -> RMConfig:
     """An :class:`RMConfig` from its saved dict; files from before ``score_pool`` existed used the product
-    pool, so a missing key means ``product``, not today's default."""
-    return from_dict(RMConfig, {"score_pool": "product", **d})
+    pool, so a missing key means ``product``, not today's default (and a missing ``decoder_block``,
+    ``res``)."""
+    return from_dict(RMConfig, {"score_pool": "product", "decoder_block": "res", **d})
 
 
 @dataclass
@@ -189,14 +206,29 @@ def check_image_batch(x: Any) -> torch.Tensor:
     return x
 
 
+class LightBlock(nn.Module):
+    """Residual depthwise-separable block: norm, depthwise 3x3, GELU, pointwise 1x1."""
+
+    def __init__(self, c: int, norm: str = "none") -> None:
+        super().__init__()
+        self.norm = norm_layer(norm, c)
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.pw = nn.Conv2d(c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pw(F.gelu(self.dw(self.norm(x))))
+
+
 class DecoderBlock(nn.Module):
     """Decoder block k: fuse one encoder level with the previous block, emit a map-logit residual."""
 
-    def __init__(self, c_skip: int, c_out: int, c_prev: int | None, norm: str = "none") -> None:
+    def __init__(
+        self, c_skip: int, c_out: int, c_prev: int | None, norm: str = "none", body: str = "res"
+    ) -> None:
         super().__init__()
         self.lateral = nn.Conv2d(c_skip, c_out, 1)
         self.proj = nn.Conv2d(c_prev, c_out, 1) if c_prev is not None else None
-        self.block = ResBlock(c_out, norm)
+        self.block: nn.Module = ResBlock(c_out, norm) if body == "res" else LightBlock(c_out, norm)
         self.head = nn.Conv2d(c_out, 1, 1)
 
     def forward(self, skip: torch.Tensor, prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,6 +323,7 @@ class RewardModel(nn.Module):
                 self.decoder_widths[level],
                 self.decoder_widths[level + 1] if k > 1 else None,
                 self.config.norm,
+                self.config.decoder_block,
             )
         if k == 1:
             self.gate = torch.zeros((), dtype=ref.dtype, device=ref.device)

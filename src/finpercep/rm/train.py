@@ -40,7 +40,7 @@ from ..config import check, check_prob, option, to_dict
 from ..errors import FinPercepError
 from ..io import atomic_path, atomic_write_json, atomic_write_text
 from .dataset import ChainDataset, SampleDataset, Split, collate_chains, collate_samples, load_split
-from .losses import align_loss, cross_rank_loss, map_bce_loss, map_l1_loss, rank_loss
+from .losses import align_loss, cross_rank_loss, map_area_loss, map_bce_loss, map_l1_loss, rank_loss
 from .metrics import MapMetricAccumulator, beats, hf_energy_map, score_metrics
 from .model import RewardModel, RMConfig, saved_rm_config
 from .plots import plot_curves
@@ -79,6 +79,9 @@ class RMTrainConfig:
     map_bce: float = option(1.0, help="weight of the soft BCE on map logits inside L_map (0: pure L1)")
     map_balance: float = option(
         0.5, help="class balance of L_map: 0 plain mean, 1 defect and clean pixels equal"
+    )
+    map_area: float = option(
+        0.0, help="weight inside L_map of the image-level L1 between mean(M) and mean(M_gt)"
     )
     deep_supervision: float = option(
         0.5, help="weight of L_map on the coarser maps RM_1..RM_{k-1} inside RM_k"
@@ -136,6 +139,7 @@ class RMTrainConfig:
                 self.cross_rank,
                 self.lambda_align,
                 self.map_bce,
+                self.map_area,
                 self.deep_supervision,
             )
             >= 0,
@@ -182,7 +186,10 @@ def map_loss(cfg: RMTrainConfig, logits: Sequence[torch.Tensor], target: torch.T
     """L_map on the final map logits plus ``deep_supervision`` x the mean over the coarser stages."""
 
     def one(z: torch.Tensor) -> torch.Tensor:
-        loss = map_l1_loss(torch.sigmoid(z), target, tau=cfg.tau, balance=cfg.map_balance)
+        m = torch.sigmoid(z)
+        loss = map_l1_loss(m, target, tau=cfg.tau, balance=cfg.map_balance)
+        if cfg.map_area > 0:
+            loss = loss + cfg.map_area * map_area_loss(m, target)
         if cfg.map_bce > 0:
             loss = loss + cfg.map_bce * map_bce_loss(z, target, tau=cfg.tau, balance=cfg.map_balance)
         return loss
