@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from finpercep.dist import fingerprint as weights_fingerprint
-from finpercep.errors import FinPercepError
+from finpercep.errors import ConfigError, FinPercepError
 from finpercep.rm import RewardModel, RMConfig
 from finpercep.rm import train as train_mod
 from finpercep.rm.dataset import ChainDataset, load_split, split_sources
@@ -275,3 +275,16 @@ def test_lr_schedule_warms_up_decays_and_scales_refinement_stages() -> None:
     for it in (0, 9, 50, 99):  # RM_2 ... RM_N start from a trained model: refine_lr times the rate
         assert train_mod.lr_at(cfg, it, 100, stage=3) == pytest.approx(0.5 * train_mod.lr_at(cfg, it, 100, 1))
     assert train_mod.lr_at(cfg, 9, 100, stage=0) == train_mod.lr_at(cfg, 9, 100, stage=1)
+
+
+def test_map_loss_adds_the_area_term_with_its_weight() -> None:
+    g = torch.Generator().manual_seed(3)
+    target = (torch.rand(3, 1, 8, 8, generator=g) > 0.6).float() * 0.8
+    logits = torch.randn(3, 1, 8, 8, generator=g)
+    plain = RMTrainConfig(map_area=0.0)
+    with_area = RMTrainConfig(map_area=2.0)
+    extra = train_mod.map_loss(with_area, [logits], target) - train_mod.map_loss(plain, [logits], target)
+    expected = 2.0 * (torch.sigmoid(logits).mean(dim=(1, 2, 3)) - target.mean(dim=(1, 2, 3))).abs().mean()
+    assert extra.item() == pytest.approx(expected.item(), rel=1e-5) and expected.item() > 0.01
+    with pytest.raises(ConfigError, match="loss weights"):
+        RMTrainConfig(map_area=-1.0)

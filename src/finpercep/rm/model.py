@@ -25,6 +25,9 @@ Stages (what RM_k contains, see :meth:`RewardModel.grow`):
   the finer resolution.
 * ``RM_N`` is the full model. Growing never re-initialises existing parameters.
 
+The residual body of each block is two 3x3 convs (``decoder_block="res"``) or a depthwise 3x3 and a 1x1
+(``"light"``, :class:`LightBlock`), which roughly halves the decoder's run time on the small CNN.
+
 The pooled vector carries the map's mean (the defect area), which couples the score to the map directly,
 and the features where the map says the image is degraded. The product pool of the paper's formula goes to
 a constant when the map is dark everywhere, which a young decoder's map is: scores then collapse and
