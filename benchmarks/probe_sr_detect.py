@@ -109,7 +109,7 @@ def main() -> None:
         loss.backward()
         opt.step()
         if step % 300 == 0 or step == a.steps:
-            row = {"step": step, "loss": float(loss), "held_out": evaluate(net, test)}
+            row = {"step": step, "loss": loss.item(), "held_out": evaluate(net, test)}
             history.append(row)
             print(json.dumps(row), flush=True)
     result = {
