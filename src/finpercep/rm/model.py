@@ -105,7 +105,7 @@ class RMConfig:
     decoder_block: Literal["res", "light"] = option(
         "res",
         help="decoder block body: res = two 3x3 convs (a mirror of small_cnn's levels); "
-        "light = one depthwise 3x3 and a 1x1 (about a fifth of the cost)",
+        "light = one depthwise 3x3 and a 1x1 (about half the decoder's CPU time)",
     )
     head_hidden: int = option(128, help="hidden units of the score MLP")
     score_pool: Literal["normalized", "product"] = option(
