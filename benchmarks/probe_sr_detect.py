@@ -91,6 +91,11 @@ def main() -> None:
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
     train, test = load_pairs(a.data, a.sr_model, a.held_out)
+    if not train or not test:
+        raise SystemExit(f"{a.data}: {len(train)} training and {len(test)} held-out pairs; need both")
+    smallest = min(min(p[0].shape[1:]) for p in train)
+    if a.crop > smallest:
+        raise SystemExit(f"--crop {a.crop} exceeds the smallest training image side ({smallest})")
     net = Probe()
     opt = torch.optim.AdamW(net.parameters(), a.lr)
     history = []
