@@ -105,6 +105,25 @@ def test_rank_loss_skips_invalid_members() -> None:
     assert float(rank_loss(scores, (0.1, 0.1, 0.1), none_valid)) == 0.0
 
 
+def test_rank_losses_skip_pairs_whose_areas_contradict_the_chain() -> None:
+    # chain 0's crop misses its small swap: that "small" image is its GT (same score, area 0)
+    scores = torch.tensor([[0.7, 0.7, 0.4, 0.2], [0.75, 0.55, 0.4, 0.2]])
+    margins = (0.1, 0.1, 0.1)
+    areas = torch.tensor([[0.0, 0.0, 0.4, 1.0], [0.0, 0.1, 0.4, 1.0]])
+    assert float(rank_loss(scores, margins)) == pytest.approx(0.1 / 12)  # (GT, small) of chain 0 counts
+    assert float(rank_loss(scores, margins, areas=areas)) == 0.0  # ... unless the areas say they are equal
+    # across chains the one violated pair is chain 1's GT over chain 0's clean "small" (0.75 - 0.7 < 0.1)
+    assert float(cross_rank_loss(scores, margins)) == pytest.approx(0.05 / 12)
+    assert float(cross_rank_loss(scores, margins, areas=areas)) == 0.0
+    flipped = torch.tensor([[0.0, 0.5, 0.2, 1.0]])  # a crop where the large swap shows less than the small
+    assert float(rank_loss(torch.tensor([[1.0, 0.5, 0.6, 0.0]]), margins, areas=flipped)) == 0.0
+    assert float(rank_loss(torch.tensor([[1.0, 0.5, 0.6, 0.0]]), margins)) > 0.0
+    with pytest.raises(ValueError, match="areas"):
+        rank_loss(scores, margins, areas=areas[:1])
+    with pytest.raises(ValueError, match="areas"):
+        cross_rank_loss(scores, margins, areas=areas[:, :3])
+
+
 def test_rank_loss_checks_arguments() -> None:
     with pytest.raises(ValueError, match="margins"):
         rank_loss(torch.zeros(2, 4), (0.1, 0.1))

@@ -93,6 +93,26 @@ def test_chain_augmentation_is_shared_by_the_chain_and_seeded(fake_data: Path, c
     assert not torch.equal(ds[1]["images"], imgs)
 
 
+def test_chain_areas_are_the_defect_areas_inside_the_crop(fake_data: Path) -> None:
+    split = load_split(fake_data, ("tex_c",), 0.25)
+    whole = ChainDataset(fake_data, split.train_chains, crop=0)
+    manifest = [[s["defect_area"] for s in c] for c in split.train_chains]
+    for i in range(len(whole)):
+        torch.testing.assert_close(whole[i]["areas"], torch.tensor(manifest[i]), atol=1 / 255, rtol=0)
+    cropped = ChainDataset(fake_data, split.train_chains, crop=32, seed=1)
+    missed = 0
+    for epoch in range(4):
+        cropped.set_epoch(epoch)
+        for i in range(len(cropped)):
+            item = cropped[i]
+            a, imgs = item["areas"], item["images"]
+            assert float(a[0]) == 0.0 and float(a[3]) == 1.0
+            for j in (1, 2):  # no swapped pixel in the crop <=> the crop equals its GT
+                assert (float(a[j]) == 0.0) == torch.equal(imgs[j], imgs[0])
+            missed += int(float(a[1]) == 0.0)
+    assert missed > 0  # the crop is small enough to miss a small swap sometimes
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -288,3 +308,14 @@ def test_map_loss_adds_the_area_term_with_its_weight() -> None:
     assert extra.item() == pytest.approx(expected.item(), rel=1e-5) and expected.item() > 0.01
     with pytest.raises(ConfigError, match="loss weights"):
         RMTrainConfig(map_area=-1.0)
+
+
+def test_rank_pairs_crop_area_changes_what_training_ranks(fake_data: Path, tmp_path: Path) -> None:
+    kw = dict(stages=0, crop=32, batch_chains=4, max_steps_per_epoch=4, curves="off", lambda_align=0.0)
+    train(_cfg(fake_data, tmp_path / "chain", **kw), TINY)
+    train(_cfg(fake_data, tmp_path / "area", rank_pairs="crop_area", **kw), TINY)
+    a = RewardModel.from_pretrained(tmp_path / "chain", stage=0)
+    b = RewardModel.from_pretrained(tmp_path / "area", stage=0)
+    assert weights_fingerprint(a) != weights_fingerprint(b)
+    with pytest.raises(ConfigError, match="rank_pairs"):
+        RMTrainConfig(rank_pairs="area")  # type: ignore[arg-type]

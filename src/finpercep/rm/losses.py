@@ -7,7 +7,7 @@
   :func:`map_area_loss` adds the image-level distance of the map means.
 * :func:`rank_loss` -- L_rank, hinge over every ordered pair of a ranking chain
   ``GT > small swap > large swap > SR`` with per-gap margins; :func:`cross_rank_loss` applies the same
-  order across the chains of a batch.
+  order across the chains of a batch. Both can skip pairs whose defect areas (in a crop) contradict it.
 * :func:`align_loss` -- L_align, squared distance of anchor-image scores to the previous stage's scores
   (relative to their spread), so the reward scale does not drift while the model grows.
 """
@@ -83,12 +83,15 @@ def rank_loss(
     valid: torch.Tensor | None = None,
     *,
     all_pairs: bool = True,
+    areas: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_rank over chains ``scores`` [C, K] ordered best first (GT, small swap, large swap, SR).
 
     For every pair ``i < j`` (or only neighbours, ``all_pairs=False``) the hinge
     ``max(0, m_ij - (s_i - s_j))`` with ``m_ij = margins[i] + ... + margins[j-1]`` is averaged over the
-    pairs whose members are both ``valid`` ([C, K] bool; missing chain members are skipped).
+    pairs whose members are both ``valid`` ([C, K] bool; missing chain members are skipped) and, when
+    ``areas`` ([C, K] defect areas, e.g. inside a training crop) is given, whose lower-ranked member has
+    the larger area (a crop that misses a swap does not contradict its GT).
     Returns 0 (with a gradient path) when no pair is valid.
     """
     if scores.ndim != 2:
@@ -98,6 +101,7 @@ def rank_loss(
         raise ValueError(f"need {k - 1} margins for chains of length {k}, got {len(margins)}")
     if valid is None:
         valid = torch.ones_like(scores, dtype=torch.bool)
+    _check_areas(areas, scores)
     cum = [0.0]
     for m in margins:
         cum.append(cum[-1] + float(m))
@@ -108,20 +112,26 @@ def rank_loss(
                 continue
             margin = cum[j] - cum[i]
             terms.append(F.relu(margin - (scores[:, i] - scores[:, j])))
-            masks.append(valid[:, i] & valid[:, j])
+            ok = valid[:, i] & valid[:, j]
+            masks.append(ok if areas is None else ok & (areas[:, j] > areas[:, i]))
     t = torch.stack(terms, dim=1)
     w = torch.stack(masks, dim=1).to(t.dtype)
     return (t * w).sum() / w.sum().clamp_min(1.0)
 
 
 def cross_rank_loss(
-    scores: torch.Tensor, margins: Sequence[float], valid: torch.Tensor | None = None
+    scores: torch.Tensor,
+    margins: Sequence[float],
+    valid: torch.Tensor | None = None,
+    *,
+    areas: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_rank across chains: every member of one chain against the lower-ranked members of the others.
 
     Same hinge and cumulative margins as :func:`rank_loss`, over pairs ``(c, i), (d, j)`` with ``c != d``
     and ``i < j``: a GT should outscore any small swap, any small swap any large swap, and so on. This
-    ties the score scale across images (what SRCC against the defect area measures).
+    ties the score scale across images (what SRCC against the defect area measures). With ``areas``
+    ([C, K]) only pairs where ``(d, j)`` has the larger defect area count.
     """
     if scores.ndim != 2:
         raise ValueError(f"scores must be [chains, K], got {tuple(scores.shape)}")
@@ -130,6 +140,7 @@ def cross_rank_loss(
         raise ValueError(f"need {k - 1} margins for chains of length {k}, got {len(margins)}")
     if valid is None:
         valid = torch.ones_like(scores, dtype=torch.bool)
+    _check_areas(areas, scores)
     cum = torch.tensor(
         [0.0, *accumulate(float(m) for m in margins)], dtype=scores.dtype, device=scores.device
     )
@@ -139,10 +150,18 @@ def cross_rank_loss(
     chain = torch.arange(c, device=scores.device).repeat_interleave(k)
     v = valid.reshape(-1)
     pair = (r[:, None] < r[None, :]) & (chain[:, None] != chain[None, :]) & v[:, None] & v[None, :]
+    if areas is not None:
+        a = areas.reshape(-1)
+        pair = pair & (a[None, :] > a[:, None])
     margin = cum[r][None, :] - cum[r][:, None]
     hinge = F.relu(margin - (s[:, None] - s[None, :]))
     w = pair.to(scores.dtype)
     return (hinge * w).sum() / w.sum().clamp_min(1.0)
+
+
+def _check_areas(areas: torch.Tensor | None, scores: torch.Tensor) -> None:
+    if areas is not None and areas.shape != scores.shape:
+        raise ValueError(f"areas must match scores {tuple(scores.shape)}, got {tuple(areas.shape)}")
 
 
 def align_loss(scores: torch.Tensor, reference: torch.Tensor, scale: float = 1.0) -> torch.Tensor:

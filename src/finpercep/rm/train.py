@@ -73,6 +73,11 @@ class RMTrainConfig:
     cross_rank: float = option(
         1.0, help="weight, inside L_rank, of the same order across the chains of a batch"
     )
+    rank_pairs: Literal["chain", "crop_area"] = option(
+        "chain",
+        help="which ranking pairs count: chain = every pair in chain order; crop_area = only those whose "
+        "lower-ranked image has more defect area inside the training crop",
+    )
     lambda_align: float = option(
         1.0, help="weight of L_align (anchor scores vs. the previous stage, in units of their spread)"
     )
@@ -148,6 +153,10 @@ class RMTrainConfig:
         check_prob("map_balance", self.map_balance)
         check_prob("color_jitter", self.color_jitter)
         check(all(m >= 0 for m in self.margins), "margins must be >= 0")
+        check(
+            self.rank_pairs in ("chain", "crop_area"),
+            f"rank_pairs must be chain or crop_area, got {self.rank_pairs!r}",
+        )
         check(self.anchors >= 0 and self.anchor_batch >= 0, "anchors and anchor_batch must be >= 0")
         check(0.0 < self.tau < 1.0, f"tau must be in (0, 1), got {self.tau}")
         check(self.refine_lr > 0, f"refine_lr must be positive, got {self.refine_lr}")
@@ -558,9 +567,10 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                     x = torch.cat([x, anchor_images[a_idx].to(d.device)])
                 res = ddp(x)
                 scores = res.score[: c * k].view(c, k)
-                l_rank = rank_loss(scores, cfg.margins)
+                areas = batch["areas"].to(d.device) if cfg.rank_pairs == "crop_area" else None
+                l_rank = rank_loss(scores, cfg.margins, areas=areas)
                 if cfg.cross_rank > 0 and c > 1:
-                    l_rank = l_rank + cfg.cross_rank * cross_rank_loss(scores, cfg.margins)
+                    l_rank = l_rank + cfg.cross_rank * cross_rank_loss(scores, cfg.margins, areas=areas)
                 l_map = (
                     map_loss(cfg, [z[: c * k] for z in res.map_logits], target)
                     if res.map_logits
