@@ -207,26 +207,35 @@ def test_growth_inside_training_keeps_the_anchor_scores(fake_data: Path, tmp_pat
     torch.testing.assert_close(train_mod.anchor_scores(rm0, x, 8), state["anchor_ref"], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize(("ema", "kill"), [(0.0, "state"), (0.8, "state"), (0.8, "stage_saved")])
 def test_resume_after_a_kill_matches_an_uninterrupted_run(
-    fake_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema: float, kill: str
 ) -> None:
-    cfg_a = _cfg(fake_data, tmp_path / "a", stages=1, epochs=(2,), curves="off")
+    cfg_a = _cfg(fake_data, tmp_path / "a", stages=1, epochs=(2,), curves="stage", ema=ema)
     train(cfg_a, TINY)
-    real_save = train_mod._save_state
+    real_save, real_plot = train_mod._save_state, train_mod.plot_curves
     calls = {"n": 0}
 
     def save_then_die(path: Path, state: dict) -> None:
         real_save(path, state)
         calls["n"] += 1
-        if calls["n"] == 2:  # killed right after the 2nd checkpoint (stage 0 done, stage 1 not started)
+        if calls["n"] == 2:  # killed right after the 2nd checkpoint (stage 0 trained, not yet saved)
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "_save_state", save_then_die)
+    def die_after_stage_0(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # killed right after RM_0 was saved, before RM_1 starts
+
+    if kill == "state":
+        monkeypatch.setattr(train_mod, "_save_state", save_then_die)
+    else:
+        monkeypatch.setattr(train_mod, "plot_curves", die_after_stage_0)
     cfg_b = replace(cfg_a, out=str(tmp_path / "b"))
     with pytest.raises(KeyboardInterrupt):
         train(cfg_b, TINY)
     assert not (tmp_path / "b" / "stage_1").exists()
+    assert (tmp_path / "b" / "stage_0").exists() == (kill == "stage_saved")
     monkeypatch.setattr(train_mod, "_save_state", real_save)
+    monkeypatch.setattr(train_mod, "plot_curves", real_plot)
     train(cfg_b, TINY)
     hist = [json.loads(line) for line in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
     assert [(h["stage"], h["epoch"]) for h in hist] == [(0, 1), (0, 2), (1, 1), (1, 2)]  # nothing repeated
@@ -319,3 +328,37 @@ def test_rank_pairs_crop_area_changes_what_training_ranks(fake_data: Path, tmp_p
     assert weights_fingerprint(a) != weights_fingerprint(b)
     with pytest.raises(ConfigError, match="rank_pairs"):
         RMTrainConfig(rank_pairs="area")  # type: ignore[arg-type]
+
+
+def test_weight_average_tracks_parameters_and_swaps_back() -> None:
+    model = torch.nn.Linear(3, 2)
+    avg = train_mod.WeightAverage(model, decay=0.75)
+    w0 = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(4.0)
+    avg.update(model)
+    torch.testing.assert_close(avg.shadow["weight"], w0 + 1.0)  # 0.75 * w0 + 0.25 * (w0 + 4)
+    with avg.applied(model):
+        torch.testing.assert_close(model.weight, w0 + 1.0)
+    torch.testing.assert_close(model.weight, w0 + 4.0)  # the trained weights are back
+    with pytest.raises(FinPercepError, match="does not match"):
+        avg.load({"weight": w0})
+    with pytest.raises(ConfigError, match="ema"):
+        RMTrainConfig(ema=1.0)
+
+
+def test_validation_with_a_weight_average_describes_the_saved_model(fake_data: Path, tmp_path: Path) -> None:
+    cfg = _cfg(fake_data, tmp_path / "run", stages=1, curves="off", ema=0.5, max_steps_per_epoch=3)
+    train(cfg, TINY)
+    plain = _cfg(fake_data, tmp_path / "plain", stages=1, curves="off", max_steps_per_epoch=3)
+    train(plain, TINY)
+    for k in (0, 1):
+        saved = json.loads((tmp_path / "run" / f"stage_{k}" / "metrics.json").read_text())["val"]
+        model = RewardModel.from_pretrained(tmp_path / "run", stage=k)
+        split = load_split(fake_data, ("tex_c",), 0.25)
+        chain_ids = [[s["id"] for s in c] for c in split.val_chains]
+        again = train_mod.evaluate(model, fake_data, split.val_samples, chain_ids, cfg, torch.device("cpu"))
+        assert again["srcc"] == pytest.approx(saved["srcc"], abs=1e-6)
+        assert again["auroc"] == pytest.approx(saved["auroc"], abs=1e-6)
+        other = RewardModel.from_pretrained(tmp_path / "plain", stage=k)
+        assert weights_fingerprint(model) != weights_fingerprint(other)

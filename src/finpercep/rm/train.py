@@ -19,12 +19,13 @@ Re-running the same command continues after the last finished epoch. All randomn
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +73,11 @@ class RMTrainConfig:
     lambda_rank: float = option(1.0, help="weight of L_rank (chain hinge)")
     cross_rank: float = option(
         1.0, help="weight, inside L_rank, of the same order across the chains of a batch"
+    )
+    ema: float = option(
+        0.0,
+        help="decay per step of an exponential moving average of the weights (0: off); validation and the "
+        "saved RM_k use the average, and RM_{k+1} grows from it",
     )
     rank_pairs: Literal["chain", "crop_area"] = option(
         "chain",
@@ -153,6 +159,7 @@ class RMTrainConfig:
         check_prob("map_balance", self.map_balance)
         check_prob("color_jitter", self.color_jitter)
         check(all(m >= 0 for m in self.margins), "margins must be >= 0")
+        check(0.0 <= self.ema < 1.0, f"ema must be in [0, 1), got {self.ema}")
         check(
             self.rank_pairs in ("chain", "crop_area"),
             f"rank_pairs must be chain or crop_area, got {self.rank_pairs!r}",
@@ -380,6 +387,41 @@ def best_baseline(b: dict[str, float], s: dict[str, float]) -> dict[str, float]:
     return out
 
 
+class WeightAverage:
+    """Exponential moving average of a model's parameters: ``avg <- decay * avg + (1 - decay) * p``."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for n, p in model.named_parameters():
+            self.shadow[n].lerp_(p.detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        for n, p in model.named_parameters():
+            p.copy_(self.shadow[n])
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module) -> Iterator[None]:
+        """Run the body with the averaged weights in ``model``, then put the trained ones back."""
+        raw = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.copy_to(model)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    p.copy_(raw[n])
+
+    def load(self, shadow: dict[str, torch.Tensor]) -> None:
+        if shadow.keys() != self.shadow.keys():
+            raise FinPercepError("the saved weight average does not match the model's parameters")
+        self.shadow = {n: t.detach().clone().to(self.shadow[n]) for n, t in shadow.items()}
+
+
 def _save_state(path: Path, state: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -502,7 +544,10 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
         resuming = state is not None and stage == start_stage
         saved = (out / f"stage_{stage}" / "metrics.json").is_file()
         if resuming and start_epoch >= cfg.epochs_for(stage) and saved:
-            state = None  # trained and saved before the restart: keep the files as they are
+            # trained and saved before the restart: keep the files; RM_k was saved from the weight average
+            if state.get("ema") is not None:
+                model.load_state_dict({**model.state_dict(), **state["ema"]})
+            state = None
             continue
         if not resuming or model.stage < stage:
             while model.stage < stage:
@@ -528,6 +573,9 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
         )
         if resuming and state.get("optimizer") is not None:
             opt.load_state_dict(state["optimizer"])
+        ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
+        if ema is not None and resuming and state.get("ema") is not None:
+            ema.load(state["ema"])
         ddp = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
         train_ds.seed = int(np.random.SeedSequence([cfg.seed, stage]).generate_state(1)[0])
         total_steps = epochs * steps_per_epoch
@@ -594,6 +642,8 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()
+                if ema is not None:
+                    ema.update(model)
                 for name, v in (("loss", loss), ("l_map", l_map), ("l_rank", l_rank), ("l_align", l_align)):
                     sums[name] = sums.get(name, 0.0) + float(v.detach())
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.2e}")
@@ -603,9 +653,10 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
 
             record: dict[str, Any] = {"stage": stage, "epoch": epoch + 1, "train": train_losses}
             if d.main and val_samples:
-                val = evaluate(
-                    model, root, val_samples, val_chain_ids, cfg, d.device, with_baseline=baseline is None
-                )
+                with ema.applied(model) if ema is not None else contextlib.nullcontext():
+                    val = evaluate(
+                        model, root, val_samples, val_chain_ids, cfg, d.device, with_baseline=baseline is None
+                    )
                 if baseline is None:
                     baseline = {"hf": val.pop("baseline_hf"), "smooth": val.pop("baseline_smooth")}
                     baseline["best"] = best_baseline(baseline["hf"], baseline["smooth"])
@@ -630,6 +681,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                         "epoch": epoch + 1,
                         "model": model.state_dict(),
                         "optimizer": opt.state_dict(),
+                        "ema": ema.shadow if ema is not None else None,
                         "anchor_ref": anchor_ref,
                         "history": history,
                         "baseline": baseline,
@@ -640,7 +692,9 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                     plot_curves(history, out / "curves.png", baseline["best"] if baseline else None)
             D.barrier(d)
 
-        # end of stage: check replicas agree, save RM_k
+        # end of stage: check replicas agree, save RM_k (the weight average, when on)
+        if ema is not None:
+            ema.copy_to(model)
         if d.world > 1:
             for buf in model.buffers():  # BatchNorm statistics: DDP syncs them at each forward, not after
                 dist.broadcast(buf, 0)
