@@ -113,6 +113,21 @@ def test_chain_areas_are_the_defect_areas_inside_the_crop(fake_data: Path) -> No
     assert missed > 0  # the crop is small enough to miss a small swap sometimes
 
 
+def test_chain_with_a_mask_of_the_wrong_size_names_the_file(fake_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from finpercep.io import save_png
+
+    data = tmp_path / "data"
+    shutil.copytree(fake_data, data)
+    split = load_split(data, ("tex_c",), 0.25)
+    mask = split.train_chains[0][1]["mask"]
+    save_png(data / mask, np.zeros((20, 20), np.float32))
+    with pytest.raises(FinPercepError, match=r"mask is \(20, 20\)") as err:
+        ChainDataset(data, split.train_chains, crop=32)[0]
+    assert mask in str(err.value)
+
+
 # ---------------------------------------------------------------- training
 
 

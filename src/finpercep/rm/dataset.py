@@ -141,14 +141,19 @@ def color_augment(imgs: np.ndarray, rng: np.random.Generator, strength: float) -
     return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
 
 
-def crop_area(root: Path, s: Sample, params: tuple[int, int, int, int, int], square: bool) -> float:
+def crop_area(
+    root: Path, s: Sample, params: tuple[int, int, int, int, int], square: bool, shape: tuple[int, int]
+) -> float:
     """Defect area of sample ``s`` inside the crop ``params``: the mean of its (soft) swap mask there.
 
-    Samples without a mask file (GT: 0, full SR output: 1) keep their manifest ``defect_area``.
+    Samples without a mask file (GT: 0, full SR output: 1) keep their manifest ``defect_area``; ``shape``
+    is the image's (H, W), which the mask must match.
     """
     if not s.get("mask"):
         return float(s["defect_area"])
     mask = load_image(root / s["mask"])[..., 0]
+    if mask.shape != shape:
+        raise FinPercepError(f"{root / s['mask']}: mask is {mask.shape}, image is {shape}")
     return float(apply_augment(mask, params, square).mean())
 
 
@@ -204,7 +209,7 @@ class ChainDataset(Dataset):
             "images": torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(),
             "maps": torch.from_numpy(maps)[:, None].contiguous(),
             "areas": torch.tensor(
-                [crop_area(self.root, s, params, square) for s in chain], dtype=torch.float32
+                [crop_area(self.root, s, params, square, (h, w)) for s in chain], dtype=torch.float32
             ),
             "ids": [s["id"] for s in chain],
         }
