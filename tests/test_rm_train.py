@@ -377,3 +377,15 @@ def test_validation_with_a_weight_average_describes_the_saved_model(fake_data: P
         assert again["auroc"] == pytest.approx(saved["auroc"], abs=1e-6)
         other = RewardModel.from_pretrained(tmp_path / "plain", stage=k)
         assert weights_fingerprint(model) != weights_fingerprint(other)
+
+
+def test_old_runs_resume_with_the_default_of_a_newer_option(fake_data: Path, tmp_path: Path) -> None:
+    cfg = _cfg(fake_data, tmp_path / "run", stages=0, curves="off")
+    train(cfg, TINY)
+    path = tmp_path / "run" / "train_config.json"
+    saved = json.loads(path.read_text())
+    del saved["ema"], saved["rank_pairs"]  # as written before those options existed
+    path.write_text(json.dumps(saved))
+    train(cfg, TINY)  # finished run, same settings: nothing to do, no error
+    with pytest.raises(FinPercepError, match=r"different settings \(ema\)"):
+        train(replace(cfg, ema=0.9), TINY)

@@ -438,9 +438,11 @@ def _check_resume(out: Path, cfg: RMTrainConfig, model_cfg: RMConfig | None) -> 
     tpath, mpath = out / "train_config.json", out / "model_config.json"
     if not tpath.is_file():
         return None
-    saved = json.loads(tpath.read_text())
-    ignore = {"out", "num_workers", "progress", "threads", "device", "val_batch", "curves", "export"}
     now = to_dict(cfg)
+    # an option the saved run lacks was added later; its default is what that run did
+    defaults = to_dict(RMTrainConfig())
+    saved = {**{k: defaults[k] for k in now if k in defaults}, **json.loads(tpath.read_text())}
+    ignore = {"out", "num_workers", "progress", "threads", "device", "val_batch", "curves", "export"}
     diff = sorted(
         k
         for k in set(saved) | set(now)
