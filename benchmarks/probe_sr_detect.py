@@ -25,13 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from finpercep.data.manifest import read_manifest
 from finpercep.io import load_image
 from finpercep.rm.encoders import SmallCNN
 from finpercep.rm.metrics import auroc
 
 
 def load_pairs(data: Path, sr_model: str, held: list[str]) -> tuple[list, list]:
-    rows = [json.loads(line) for line in (data / "manifest.jsonl").read_text().splitlines() if line]
+    rows = read_manifest(data)
     groups: dict[str, dict[str, dict]] = {}
     for r in rows:
         if r["role"] == "gt":

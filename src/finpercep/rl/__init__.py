@@ -5,8 +5,8 @@ the adapter interface :class:`GeneratorAdapter` for new generator families, the 
 :mod:`.rewards` and the pure curriculum logic of :mod:`.curriculum`.
 """
 
+from ..ema import EMA
 from .curriculum import Curriculum, CurriculumConfig, Transition, plateau_test
-from .ema import EMA
 from .generators import (
     GENERATOR_ENTRIES,
     GaussianPolicy,

@@ -43,11 +43,11 @@ import torch
 
 from .. import dist as D
 from ..config import check, option, to_dict
+from ..ema import EMA
 from ..errors import FinPercepError
 from ..io import atomic_path, atomic_write_json, save_png
 from .curriculum import Curriculum, CurriculumConfig, CurriculumKind, ScheduleKind
 from .data import DegradationKind, PairSource
-from .ema import EMA
 from .generators import GeneratorAdapter, build_adapter, export_generator, frozen_copy
 from .logs import CSV_NAME, CURVES_NAME, RunLog, plot_curves, read_log
 from .lora import apply_lora

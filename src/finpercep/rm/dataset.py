@@ -160,8 +160,9 @@ def crop_area(
 class ChainDataset(Dataset):
     """Item ``i``: one ranking chain as ``images`` [K,3,h,w], ``maps`` [K,1,h,w], ``areas`` [K], ``ids``.
 
-    ``areas`` are the defect areas inside the crop (see :func:`crop_area`): a 128-pixel crop of a small
-    swap misses the swapped region about one time in five, and is then identical to its GT.
+    ``areas`` are the manifest's defect areas, or with ``crop_areas=True`` those inside the crop (see
+    :func:`crop_area`; reads the swap masks): a crop can miss a small swap entirely, and is then identical
+    to its GT.
     """
 
     def __init__(
@@ -173,8 +174,10 @@ class ChainDataset(Dataset):
         augment: bool = True,
         color: float = 0.0,
         seed: int = 0,
+        crop_areas: bool = False,
     ) -> None:
         self.root = Path(root)
+        self.crop_areas = crop_areas
         self.chains = [tuple(c) for c in chain_list]
         self.crop = crop
         self.augment = augment
@@ -209,7 +212,11 @@ class ChainDataset(Dataset):
             "images": torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(),
             "maps": torch.from_numpy(maps)[:, None].contiguous(),
             "areas": torch.tensor(
-                [crop_area(self.root, s, params, square, (h, w)) for s in chain], dtype=torch.float32
+                [
+                    crop_area(self.root, s, params, square, (h, w)) if self.crop_areas else s["defect_area"]
+                    for s in chain
+                ],
+                dtype=torch.float32,
             ),
             "ids": [s["id"] for s in chain],
         }

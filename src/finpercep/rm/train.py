@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from .. import dist as D
 from ..config import check, check_prob, option, to_dict
+from ..ema import EMA
 from ..errors import FinPercepError
 from ..io import atomic_path, atomic_write_json, atomic_write_text
 from .dataset import ChainDataset, SampleDataset, Split, collate_chains, collate_samples, load_split
@@ -387,41 +388,6 @@ def best_baseline(b: dict[str, float], s: dict[str, float]) -> dict[str, float]:
     return out
 
 
-class WeightAverage:
-    """Exponential moving average of a model's parameters: ``avg <- decay * avg + (1 - decay) * p``."""
-
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.shadow = {n: p.detach().clone() for n, p in model.named_parameters()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        for n, p in model.named_parameters():
-            self.shadow[n].lerp_(p.detach(), 1.0 - self.decay)
-
-    @torch.no_grad()
-    def copy_to(self, model: torch.nn.Module) -> None:
-        for n, p in model.named_parameters():
-            p.copy_(self.shadow[n])
-
-    @contextlib.contextmanager
-    def applied(self, model: torch.nn.Module) -> Iterator[None]:
-        """Run the body with the averaged weights in ``model``, then put the trained ones back."""
-        raw = {n: p.detach().clone() for n, p in model.named_parameters()}
-        self.copy_to(model)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    p.copy_(raw[n])
-
-    def load(self, shadow: dict[str, torch.Tensor]) -> None:
-        if shadow.keys() != self.shadow.keys():
-            raise FinPercepError("the saved weight average does not match the model's parameters")
-        self.shadow = {n: t.detach().clone().to(self.shadow[n]) for n, t in shadow.items()}
-
-
 def _save_state(path: Path, state: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -521,7 +487,14 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
     anchors = pick_anchors(split, cfg.anchors, cfg.seed)
     anchor_ds = SampleDataset(root, anchors, crop=cfg.crop)
     anchor_images = torch.stack([anchor_ds[i]["image"] for i in range(len(anchor_ds))]) if anchors else None
-    train_ds = ChainDataset(root, split.train_chains, crop=cfg.crop, augment=True, color=cfg.color_jitter)
+    train_ds = ChainDataset(
+        root,
+        split.train_chains,
+        crop=cfg.crop,
+        augment=True,
+        color=cfg.color_jitter,
+        crop_areas=cfg.rank_pairs == "crop_area",
+    )
     per_rank = len(train_ds) // d.world
     if per_rank == 0:
         raise FinPercepError(f"{len(train_ds)} training chains cannot be shared by {d.world} processes")
@@ -575,9 +548,9 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
         )
         if resuming and state.get("optimizer") is not None:
             opt.load_state_dict(state["optimizer"])
-        ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
+        ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
         if ema is not None and resuming and state.get("ema") is not None:
-            ema.load(state["ema"])
+            ema.load_state_dict(state["ema"])
         ddp = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
         train_ds.seed = int(np.random.SeedSequence([cfg.seed, stage]).generate_state(1)[0])
         total_steps = epochs * steps_per_epoch
@@ -655,7 +628,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
 
             record: dict[str, Any] = {"stage": stage, "epoch": epoch + 1, "train": train_losses}
             if d.main and val_samples:
-                with ema.applied(model) if ema is not None else contextlib.nullcontext():
+                with ema.swapped_in(model) if ema is not None else contextlib.nullcontext():
                     val = evaluate(
                         model, root, val_samples, val_chain_ids, cfg, d.device, with_baseline=baseline is None
                     )
@@ -683,7 +656,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                         "epoch": epoch + 1,
                         "model": model.state_dict(),
                         "optimizer": opt.state_dict(),
-                        "ema": ema.shadow if ema is not None else None,
+                        "ema": ema.state_dict() if ema is not None else None,
                         "anchor_ref": anchor_ref,
                         "history": history,
                         "baseline": baseline,

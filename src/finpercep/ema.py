@@ -1,6 +1,12 @@
-"""Exponential moving average of the trainable weights (frozen ones never change, so they are not copied)."""
+"""Exponential moving average of the trainable weights (frozen ones never change, so they are not copied).
+
+Used by RL training (the policy) and reward-model training (``rm train --ema``).
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -27,6 +33,19 @@ class EMA:
         params = dict(module.named_parameters())
         for k, v in self.shadow.items():
             params[k].copy_(v)
+
+    @contextlib.contextmanager
+    def swapped_in(self, module: nn.Module) -> Iterator[None]:
+        """Run the body with the averages in ``module``, then put its own trainable weights back."""
+        params = dict(module.named_parameters())
+        own = {k: params[k].detach().clone() for k in self.shadow}
+        self.copy_to(module)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, v in own.items():
+                    params[k].copy_(v)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in self.shadow.items()}
