@@ -54,9 +54,9 @@ def load_pairs(data: Path, sr_model: str, held: list[str]) -> tuple[list, list]:
 
 
 class Probe(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, norm: str = "none") -> None:
         super().__init__()
-        self.enc = SmallCNN((16, 32, 64, 128), (1, 1, 1, 1))
+        self.enc = SmallCNN((16, 32, 64, 128), (1, 1, 1, 1), norm)
         self.head = nn.Linear(128, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,6 +85,7 @@ def main() -> None:
     p.add_argument("--crop", type=int, default=96)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--norm", default="none", help="SmallCNN normalisation: none, group, batch")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     a = p.parse_args()
@@ -97,7 +98,7 @@ def main() -> None:
     smallest = min(min(p[0].shape[1:]) for p in train)
     if a.crop > smallest:
         raise SystemExit(f"--crop {a.crop} exceeds the smallest training image side ({smallest})")
-    net = Probe()
+    net = Probe(a.norm)
     opt = torch.optim.AdamW(net.parameters(), a.lr)
     history = []
     for step in range(1, a.steps + 1):
@@ -120,6 +121,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     result = {
         "sr_model": a.sr_model,
+        "norm": a.norm,
         "train_pairs": len(train),
         "held_out_pairs": len(test),
         "train": evaluate(net, train),

@@ -224,19 +224,31 @@ def test_growth_inside_training_keeps_the_anchor_scores(fake_data: Path, tmp_pat
     torch.testing.assert_close(train_mod.anchor_scores(rm0, x, 8), state["anchor_ref"], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(("ema", "kill"), [(0.0, "state"), (0.8, "state"), (0.8, "stage_saved")])
+@pytest.mark.parametrize(
+    ("ema", "kill", "sampling"),
+    [
+        (0.0, "state", "uniform"),
+        (0.8, "state", "uniform"),
+        (0.8, "stage_saved", "uniform"),
+        (0.0, "state", "hard"),
+    ],
+)
 def test_resume_after_a_kill_matches_an_uninterrupted_run(
-    fake_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema: float, kill: str
+    fake_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema: float, kill: str, sampling: str
 ) -> None:
-    cfg_a = _cfg(fake_data, tmp_path / "a", stages=1, epochs=(2,), curves="stage", ema=ema)
+    cfg_a = _cfg(
+        fake_data, tmp_path / "a", stages=1, epochs=(2,), curves="stage", ema=ema, chain_sampling=sampling
+    )
     train(cfg_a, TINY)
     real_save, real_plot = train_mod._save_state, train_mod.plot_curves
     calls = {"n": 0}
+    # hard sampling: killed after RM_1's first epoch, whose map errors steer the second
+    kill_at = 3 if sampling == "hard" else 2
 
     def save_then_die(path: Path, state: dict) -> None:
         real_save(path, state)
         calls["n"] += 1
-        if calls["n"] == 2:  # killed right after the 2nd checkpoint (stage 0 trained, not yet saved)
+        if calls["n"] == kill_at:  # killed right after this checkpoint (2nd: stage 0 trained, not yet saved)
             raise KeyboardInterrupt
 
     def die_after_stage_0(*args: object, **kwargs: object) -> None:
@@ -250,7 +262,10 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
     with pytest.raises(KeyboardInterrupt):
         train(cfg_b, TINY)
     assert not (tmp_path / "b" / "stage_1").exists()
-    assert (tmp_path / "b" / "stage_0").exists() == (kill == "stage_saved")
+    assert (tmp_path / "b" / "stage_0").exists() == (kill == "stage_saved" or kill_at == 3)
+    if sampling == "hard":
+        hard = torch.load(tmp_path / "b" / "state.pt", weights_only=False)["hardness"]
+        assert np.isfinite(hard).sum() >= 2 and np.nanmax(hard) > 0
     monkeypatch.setattr(train_mod, "_save_state", real_save)
     monkeypatch.setattr(train_mod, "plot_curves", real_plot)
     train(cfg_b, TINY)
@@ -285,13 +300,16 @@ def test_non_finite_loss_names_the_batch(
 
 
 def test_two_process_ddp_training(fake_data: Path, tmp_path: Path) -> None:
-    """torchrun with 2 CPU processes (gloo): replicas end identical and the losses are finite."""
+    """torchrun with 2 CPU processes (gloo): replicas end identical and the losses are finite.
+
+    With hard chain sampling, whose second RM_1 epoch is drawn from map errors gathered from both processes.
+    """
     out = tmp_path / "ddp"
     args = (
-        f"--data {fake_data} --out {out} --stages 1 --epochs 1 --batch-chains 2 --crop 48 --anchors 4 "
+        f"--data {fake_data} --out {out} --stages 1 --epochs 1 2 --batch-chains 2 --crop 48 --anchors 4 "
         "--anchor-batch 2 --val-sources tex_c --threads 1 --progress false --curves off --device cpu "
         "--model-cnn-widths 8 12 16 --model-cnn-blocks 1 1 1 --model-decoder-widths 4 8 8 "
-        "--model-head-hidden 8"
+        "--model-head-hidden 8 --chain-sampling hard"
     ).split()
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd = [*launcher, "-m", "finpercep.rm.train", *args]
@@ -305,7 +323,7 @@ def test_two_process_ddp_training(fake_data: Path, tmp_path: Path) -> None:
         assert len(fps) == 2 and fps[0] == fps[1]
         assert weights_fingerprint(RewardModel.from_pretrained(out, stage=k)) == fps[0]
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    assert len(history) == 2 and all(np.isfinite(h["train"]["loss"]) for h in history)
+    assert len(history) == 3 and all(np.isfinite(h["train"]["loss"]) for h in history)
     # 8 training chains shared by 2 processes with 2 chains per step: 2 steps per epoch, not 4
     assert (
         "RM training on 8 train chains" in proc.stderr
@@ -390,3 +408,31 @@ def test_old_runs_resume_with_the_default_of_a_newer_option(fake_data: Path, tmp
     train(cfg, TINY)  # finished run, same settings: nothing to do, no error
     with pytest.raises(FinPercepError, match=r"different settings \(ema\)"):
         train(replace(cfg, ema=0.9), TINY)
+
+
+def test_epoch_order_uniform_is_the_permutation_and_hard_favours_high_error_chains() -> None:
+    n = 400
+    uniform = train_mod.epoch_order("uniform", np.full(n, np.nan), np.random.default_rng([0, 1, 2]))
+    assert np.array_equal(uniform, np.random.default_rng([0, 1, 2]).permutation(n))  # as before the option
+    unseen = train_mod.epoch_order("hard", np.full(n, np.nan), np.random.default_rng(0))
+    assert len(unseen) == n and len(set(unseen.tolist())) == n  # repeats are distinct indices
+    counts = np.bincount(unseen % n, minlength=n)
+    assert (counts == 0).mean() > 0.2  # draws with replacement, uniform weights
+    for k in range(1, counts.max()):
+        assert set((unseen[unseen >= k * n] % n).tolist()) == set(np.flatnonzero(counts > k).tolist())
+    hardness = np.zeros(n)
+    hardness[:10] = 1.0
+    hardness[10:20] = np.nan  # unmeasured: the mean, 10 / 400
+    order = train_mod.epoch_order("hard", hardness, np.random.default_rng(1)) % n
+    # expected draws: chains 0-9 get n * (0.5 / n + 0.5 * 1 / 10.25) each, the others 0.5 (+ 0.024 if unseen)
+    assert 150 < np.isin(order, np.arange(10)).sum() < 250
+    assert np.isin(order, np.arange(20, n)).sum() < 0.6 * n
+
+
+def test_chain_repeats_get_their_own_crop(fake_data: Path) -> None:
+    split = load_split(fake_data, ("tex_c",), 0.25)
+    ds = ChainDataset(fake_data, split.train_chains, crop=32, augment=True, color=0.5)
+    n = len(ds)
+    a, b = ds[1], ds[1 + n]
+    assert a["ids"] == b["ids"] and not torch.equal(a["images"], b["images"])
+    assert torch.equal(ds[1]["images"], a["images"])

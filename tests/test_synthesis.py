@@ -249,3 +249,17 @@ def test_data_photos_lists_every_embedded_photo(capsys):
     assert [line.split()[0] for line in lines] == list(EMBEDDED_PHOTOS)
     assert "grayscale" in next(line for line in lines if line.startswith("grass"))
     assert "colour" in next(line for line in lines if line.startswith("coffee"))
+
+
+@pytest.mark.parametrize("name", ["grace_hopper", "china", "flower", "coins", "motorcycle_right"])
+def test_embedded_photos_load_as_float_rgb_of_the_listed_size(name):
+    from finpercep.data.photos import EMBEDDED_PHOTOS, embedded_photos
+
+    (photo,) = embedded_photos([name])
+    arr = photo.load()
+    assert arr.shape == (*EMBEDDED_PHOTOS[name], 3) and arr.dtype == np.float32
+    assert 0.0 <= arr.min() and arr.max() <= 1.0 and arr.std() > 0.05
+    if name == "coins":  # grayscale: three equal channels
+        assert np.array_equal(arr[..., 0], arr[..., 2])
+    else:
+        assert np.abs(arr[..., 0] - arr[..., 2]).mean() > 0.01

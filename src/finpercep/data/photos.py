@@ -1,4 +1,4 @@
-"""HR photo sources: any folder of images, or the photos that scikit-image ships."""
+"""HR photo sources: any folder of images, or the photos scikit-image, matplotlib and scikit-learn ship."""
 
 from __future__ import annotations
 
@@ -16,24 +16,36 @@ from ..io import list_images, load_image
 log = logging.getLogger(__name__)
 
 
-def _skimage_loader(name: str) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
-        import skimage.data
-
-        if name.startswith("motorcycle_"):
-            left, right, _ = skimage.data.stereo_motorcycle()
-            arr = left if name.endswith("left") else right
-        else:
-            arr = getattr(skimage.data, name)()
-        if arr.ndim == 2:
-            arr = np.repeat(arr[:, :, None], 3, axis=2)
-        return np.ascontiguousarray(arr.astype(np.float32) / 255.0)
-
-    return load
+def _to_float_rgb(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(arr[:, :, :3].astype(np.float32) / 255.0)
 
 
-# name -> (height, width): the photographs bundled with scikit-image (no download needed); the grayscale
-# ones (natural textures and scenes) load as RGB with three equal channels.
+def _load_skimage(name: str) -> np.ndarray:
+    import skimage.data
+
+    if name.startswith("motorcycle_"):
+        left, right, _ = skimage.data.stereo_motorcycle()
+        return left if name.endswith("left") else right
+    return getattr(skimage.data, name)()
+
+
+def _load_matplotlib(name: str) -> np.ndarray:
+    from matplotlib import cbook
+
+    with cbook.get_sample_data(f"{name}.jpg") as f:
+        return np.asarray(Image.open(f).convert("RGB"))
+
+
+def _load_sklearn(name: str) -> np.ndarray:
+    from sklearn.datasets import load_sample_image
+
+    return load_sample_image(f"{name}.jpg")
+
+
+# name -> (height, width): the photographs bundled with scikit-image, matplotlib and scikit-learn (no download
+# needed); the grayscale ones (natural textures and scenes) load as RGB with three equal channels.
 EMBEDDED_PHOTOS: dict[str, tuple[int, int]] = {
     "astronaut": (512, 512),
     "chelsea": (300, 451),
@@ -50,6 +62,16 @@ EMBEDDED_PHOTOS: dict[str, tuple[int, int]] = {
     "grass": (512, 512),
     "gravel": (512, 512),
     "moon": (512, 512),
+    "grace_hopper": (600, 512),
+    "china": (427, 640),
+    "flower": (427, 640),
+}
+
+_LOADERS: dict[str, Callable[[str], np.ndarray]] = {
+    **{name: _load_skimage for name in EMBEDDED_PHOTOS},
+    "grace_hopper": _load_matplotlib,
+    "china": _load_sklearn,
+    "flower": _load_sklearn,
 }
 
 GRAYSCALE_PHOTOS: tuple[str, ...] = ("brick", "camera", "coins", "grass", "gravel", "moon")
@@ -67,7 +89,7 @@ class Photo:
 
     def load(self) -> np.ndarray:
         if self.path is None:
-            return _skimage_loader(self.name)()
+            return _to_float_rgb(_LOADERS[self.name](self.name))
         return load_image(self.path)
 
 

@@ -192,7 +192,8 @@ class ChainDataset(Dataset):
         return len(self.chains)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        chain = self.chains[i]
+        """Chain ``i % len(self)``; ``i`` itself seeds the crop and augmentation (repeats differ)."""
+        chain = self.chains[i % len(self.chains)]
         pairs = [read_sample(self.root, s) for s in chain]
         h, w = pairs[0][0].shape[:2]
         if any(img.shape[:2] != (h, w) for img, _ in pairs):

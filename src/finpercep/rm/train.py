@@ -85,6 +85,12 @@ class RMTrainConfig:
         help="which ranking pairs count: chain = every pair in chain order; crop_area = only those whose "
         "lower-ranked image has more defect area inside the training crop",
     )
+    chain_sampling: Literal["uniform", "hard"] = option(
+        "uniform",
+        help="order of the training chains in an epoch: uniform = each once; hard = as many draws, half "
+        "uniform and half in proportion to each chain's map error when last seen (RM_1 on), so the "
+        "chains the map gets wrong come up more often",
+    )
     lambda_align: float = option(
         1.0, help="weight of L_align (anchor scores vs. the previous stage, in units of their spread)"
     )
@@ -309,11 +315,14 @@ def evaluate(
     known = [c for c in chains if all(i in scores for i in c)]
     res: dict[str, Any] = {**acc.result(), **score_metrics(scores, known, areas)}
     res["score_mean_by_role"] = {r: float(np.mean(v)) for r, v in sorted(roles.items())}
-    # where the model is blind: per SR source, its whole-image output's mean score, mean map and mean M_gt
-    # and the SRCC over every sample but those of that source
+    # where the model is blind: per SR source, its whole-image output's mean score, mean map and mean M_gt,
+    # the triplet accuracy of its chains and the SRCC over every sample but those of that source
     res["sr_outputs_by_model"] = {
         name: {
             **{k: float(np.mean(v)) for k, v in m.items()},
+            "triplet_acc": score_metrics(scores, [c for c in known if model_of[c[-1]] == name], areas)[
+                "triplet_acc"
+            ],
             "srcc_without": score_metrics(
                 {i: v for i, v in scores.items() if model_of[i] != name}, [], areas
             )["srcc"],
@@ -386,6 +395,30 @@ def best_baseline(b: dict[str, float], s: dict[str, float]) -> dict[str, float]:
         vals = [v for v in (b[k], s[k]) if not math.isnan(v)]
         out[k] = (max(vals) if HIGHER_IS_BETTER[k] else min(vals)) if vals else float("nan")
     return out
+
+
+def epoch_order(mode: str, hardness: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Chain indices of one epoch, ``len(hardness)`` draws (see ``RMTrainConfig.chain_sampling``).
+
+    ``uniform``: a permutation. ``hard``: draws with replacement, with probability ``0.5 / n`` plus half
+    the chain's share of the total ``hardness`` (NaN, i.e. not yet measured, counts as the mean; all NaN
+    is uniform). The k-th repeat of chain ``j`` comes back as ``j + k * n`` so that it gets a crop and
+    augmentation of its own (:class:`ChainDataset` reads index ``i`` as chain ``i % n``).
+    """
+    n = len(hardness)
+    if mode == "uniform":
+        return rng.permutation(n)
+    h = np.asarray(hardness, np.float64)
+    seen = np.isfinite(h)
+    h = np.clip(np.where(seen, h, h[seen].mean() if seen.any() else 1.0), 0.0, None)
+    share = h / h.sum() if h.sum() > 0 else np.full(n, 1.0 / n)
+    draws = rng.choice(n, size=n, p=0.5 / n + 0.5 * share)
+    repeats = np.zeros(n, np.int64)
+    order = np.empty(n, np.int64)
+    for t, j in enumerate(draws):
+        order[t] = j + repeats[j] * n
+        repeats[j] += 1
+    return order
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
@@ -473,7 +506,10 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
         )
     history: list[dict[str, Any]] = []
     start_stage, start_epoch = 0, 0
+    hardness = np.full(len(split.train_chains), np.nan)
     if state is not None:
+        if state.get("hardness") is not None:
+            hardness = np.asarray(state["hardness"], np.float64)
         while model.stage < state["stage"]:
             model.grow()
         model.load_state_dict(state["model"])
@@ -558,8 +594,10 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
         for epoch in range(start_epoch if resuming else 0, epochs):
             model.train()
             train_ds.set_epoch(epoch)
-            order = np.random.default_rng([cfg.seed, stage, epoch]).permutation(len(train_ds))
+            order = epoch_order(cfg.chain_sampling, hardness, np.random.default_rng([cfg.seed, stage, epoch]))
             mine = order[: per_rank * d.world][d.rank :: d.world][: steps_per_epoch * bc].tolist()
+            err_sum = torch.zeros(len(train_ds), dtype=torch.float64)
+            err_n = torch.zeros(len(train_ds), dtype=torch.float64)
             loader = DataLoader(
                 train_ds,
                 batch_size=bc,
@@ -619,10 +657,20 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                 opt.step()
                 if ema is not None:
                     ema.update(model)
+                if cfg.chain_sampling == "hard" and res.map_logits:
+                    with torch.no_grad():
+                        err = (res.map[: c * k].float() - target).abs().mean(dim=(1, 2, 3)).view(c, k).mean(1)
+                    idx = torch.tensor(mine[step * bc : (step + 1) * bc]) % len(train_ds)
+                    err_sum.index_add_(0, idx, err.cpu().double())
+                    err_n.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float64))
                 for name, v in (("loss", loss), ("l_map", l_map), ("l_rank", l_rank), ("l_align", l_align)):
                     sums[name] = sums.get(name, 0.0) + float(v.detach())
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.2e}")
             bar.close()
+            if cfg.chain_sampling == "hard":
+                err_sum, err_n = D.all_reduce_sum(d, err_sum), D.all_reduce_sum(d, err_n)
+                seen = (err_n > 0).numpy()
+                hardness[seen] = (err_sum / err_n.clamp(min=1)).numpy()[seen]
             n_steps = max(1, steps_per_epoch)
             train_losses = {k: v / n_steps for k, v in sums.items()}
 
@@ -658,6 +706,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                         "optimizer": opt.state_dict(),
                         "ema": ema.state_dict() if ema is not None else None,
                         "anchor_ref": anchor_ref,
+                        "hardness": hardness.copy(),
                         "history": history,
                         "baseline": baseline,
                     },
