@@ -263,3 +263,21 @@ def test_embedded_photos_load_as_float_rgb_of_the_listed_size(name):
         assert np.array_equal(arr[..., 0], arr[..., 2])
     else:
         assert np.abs(arr[..., 0] - arr[..., 2]).mean() > 0.01
+
+
+def test_resuming_after_photos_were_added_is_refused(tmp_path):
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("b.png", "d.png"):
+        Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(hr / name)
+    out = tmp_path / "out"
+    build(_cfg(out, num=2, hr=(str(hr),)), progress=False)
+    Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(hr / "a.png")  # sorts first
+    before = _files(out)
+    with pytest.raises(FinPercepError, match="c000000 was built from 'b.png'.*now maps it to 'a.png'"):
+        build(_cfg(out, num=4, hr=(str(hr),)), progress=False)
+    assert _files(out) == before
+    (hr / "a.png").unlink()
+    build(_cfg(out, num=4, hr=(str(hr),)), progress=False)  # the same list again: the build goes on
+    assert [r["source_image"] for r in read_manifest(out) if r["role"] == "gt"] == ["b.png", "d.png"] * 2

@@ -327,6 +327,26 @@ def _check_or_write_config(cfg: SynthesisConfig, out: Path) -> None:
     atomic_write_json(path, current)
 
 
+def _check_photo_order(cfg: SynthesisConfig, out: Path, photos: list[Photo]) -> None:
+    """Groups already built must come from the photo their index maps to now.
+
+    Group ``i`` uses ``photos[i % len(photos)]``; a photo added to an HR folder (or to the embedded set,
+    for ``--photos all``) since the first run would otherwise mix two mappings in one dataset.
+    """
+    for index in _shard_indices(cfg):
+        path = out / "records" / f"c{index:06d}.json"
+        if not path.is_file():
+            continue
+        rows = json.loads(path.read_text()).get("samples") or []
+        want = photos[index % len(photos)].name
+        if rows and rows[0]["source_image"] != want:
+            raise FinPercepError(
+                f"{out}: group c{index:06d} was built from {rows[0]['source_image']!r}, but the photo list "
+                f"now maps it to {want!r} (photos were added or removed since the build started); "
+                "use another --out folder"
+            )
+
+
 def _pending(cfg: SynthesisConfig, out: Path, photos: list[Photo]) -> Iterator[tuple[int, Photo]]:
     for index in _shard_indices(cfg):
         if not (out / "records" / f"c{index:06d}.json").is_file():
@@ -359,6 +379,7 @@ def build(cfg: SynthesisConfig, *, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     _check_or_write_config(cfg, out)
     photos = _photos(cfg)
+    _check_photo_order(cfg, out, photos)
     tasks = list(_pending(cfg, out, photos))
     total = len(_shard_indices(cfg))
     log.info("%d of %d groups to build in %s (%d photos)", len(tasks), total, out, len(photos))
