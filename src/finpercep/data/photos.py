@@ -67,8 +67,7 @@ EMBEDDED_PHOTOS: dict[str, tuple[int, int]] = {
     "flower": (427, 640),
 }
 
-_LOADERS: dict[str, Callable[[str], np.ndarray]] = {
-    **{name: _load_skimage for name in EMBEDDED_PHOTOS},
+_NOT_SKIMAGE: dict[str, Callable[[str], np.ndarray]] = {
     "grace_hopper": _load_matplotlib,
     "china": _load_sklearn,
     "flower": _load_sklearn,
@@ -89,7 +88,7 @@ class Photo:
 
     def load(self) -> np.ndarray:
         if self.path is None:
-            return _to_float_rgb(_LOADERS[self.name](self.name))
+            return _to_float_rgb(_NOT_SKIMAGE.get(self.name, _load_skimage)(self.name))
         return load_image(self.path)
 
 
