@@ -3,6 +3,7 @@
     python benchmarks/bench_rm.py                      # default small CNN and a CLIP-RN50-sized encoder
     python benchmarks/bench_rm.py --threads 1 --batch 8 --iters 5 --json out.json
     python benchmarks/bench_rm.py --encoders small_cnn --decoder-block light   # the lighter decoder body
+    python benchmarks/bench_rm.py --encoders small_cnn --decoder-block light --decoder-widths 8 16 48 96
 
 Each (encoder, stage, mode) runs in its own subprocess so the peak-memory numbers do not mix. Modes:
 ``infer`` (no grad) and ``reward`` (forward + backward to the input, as when the model is a loss).
@@ -38,6 +39,7 @@ def run_one(
     threads: int,
     device: str,
     decoder_block: str = "res",
+    decoder_widths: tuple[int, ...] = (),
 ) -> dict:
     import torch
 
@@ -45,7 +47,7 @@ def run_one(
 
     if threads:
         torch.set_num_threads(threads)
-    cfg = RMConfig(encoder=encoder, decoder_block=decoder_block)
+    cfg = RMConfig(encoder=encoder, decoder_block=decoder_block, decoder_widths=tuple(decoder_widths))
     model = RewardModel(cfg).to(device).eval()
     n_levels = model.num_levels
     if stage == "0":
@@ -80,6 +82,7 @@ def run_one(
     return {
         "encoder": encoder,
         "decoder_block": decoder_block,
+        "decoder_widths": list(model.decoder_widths) if stage != "0" else [],
         "stage": stage,
         "levels": n_levels,
         "mode": mode,
@@ -100,11 +103,19 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--decoder-block", default="res", choices=["res", "light"], help="RMConfig.decoder_block")
+    p.add_argument(
+        "--decoder-widths",
+        nargs="*",
+        type=int,
+        default=[],
+        help="RMConfig.decoder_widths, finest first (none: the default)",
+    )
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--one", nargs=3, metavar=("ENCODER", "STAGE", "MODE"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
-        print(json.dumps(run_one(*a.one, a.batch, a.size, a.iters, a.threads, a.device, a.decoder_block)))
+        args = (a.batch, a.size, a.iters, a.threads, a.device, a.decoder_block, a.decoder_widths)
+        print(json.dumps(run_one(*a.one, *args)))
         return
     results = []
     for enc in a.encoders:
@@ -129,6 +140,8 @@ def main() -> None:
                     a.device,
                     "--decoder-block",
                     a.decoder_block,
+                    "--decoder-widths",
+                    *map(str, a.decoder_widths),
                 ]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 results.append(json.loads(out.strip().splitlines()[-1]))
@@ -141,7 +154,7 @@ def main() -> None:
                 )
     print(
         f"\nbatch {a.batch}, {a.size}x{a.size}, threads {a.threads or 'default'}, device {a.device}, "
-        f"decoder block {a.decoder_block}"
+        f"decoder block {a.decoder_block}, decoder widths {a.decoder_widths or 'default'}"
     )
     for enc in a.encoders:
         for mode in a.modes:

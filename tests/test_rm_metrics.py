@@ -10,6 +10,7 @@ import torch
 
 from finpercep.rm.metrics import (
     MapMetricAccumulator,
+    area_order,
     auc_judd,
     auroc,
     beats,
@@ -102,6 +103,25 @@ def test_score_metrics_uses_minus_area() -> None:
     areas = {"a": 0.0, "b": 0.1, "c": 0.4, "d": 1.0}
     m = score_metrics(scores, [["a", "b", "c", "d"]], areas)
     assert m["srcc"] == pytest.approx(1.0) and m["triplet_acc"] == 1.0
+
+
+def test_area_order_counts_pairs_with_less_area_that_score_higher() -> None:
+    scores = np.array([1.0, 0.5, 0.6, -1.0, 0.55])
+    areas = np.array([0.0, 0.1, 0.4, 1.0, 1.0])
+    # sample 3 (area 1) is below all three smaller-area samples; sample 4 is below 0 and 2, above 1
+    assert area_order(scores, areas, [3]) == 1.0
+    assert area_order(scores, areas, [4]) == pytest.approx(2 / 3)
+    assert area_order(scores, areas, [3, 4]) == pytest.approx(5 / 6)
+    assert area_order(scores, areas, [0]) != area_order(scores, areas, [0])  # nothing has less area: NaN
+    tie = area_order(np.array([0.0, 0.0]), np.array([0.0, 1.0]), [1])
+    assert tie == 0.5
+    # brute force on random data
+    rng = np.random.default_rng(0)
+    s, a = rng.normal(size=30), rng.integers(0, 4, 30) / 3
+    sub = [i for i in range(30) if a[i] > 0.5]
+    pairs = [(j, i) for i in sub for j in range(30) if a[j] < a[i]]
+    want = sum((s[j] > s[i]) + 0.5 * (s[j] == s[i]) for j, i in pairs) / len(pairs)
+    assert area_order(s, a, sub) == pytest.approx(want)
 
 
 def test_hf_energy_map_highlights_texture() -> None:

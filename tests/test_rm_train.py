@@ -20,6 +20,7 @@ from finpercep.rm import RewardModel, RMConfig
 from finpercep.rm import train as train_mod
 from finpercep.rm.dataset import ChainDataset, load_split, split_sources
 from finpercep.rm.fakedata import write_fake_dataset
+from finpercep.rm.metrics import spearman
 from finpercep.rm.train import RMTrainConfig, evaluate_checkpoint, train
 
 TINY = RMConfig(cnn_widths=(8, 12, 16), cnn_blocks=(1, 1, 1), head_hidden=8, decoder_widths=(4, 8, 8))
@@ -158,6 +159,7 @@ def test_staged_training_saves_every_stage(fake_data: Path, tmp_path: Path) -> N
     assert set(by_model) == models - {None}
     assert all(0.0 <= v["map"] <= 1.0 and 0.0 <= v["gt_map"] <= 1.0 for v in by_model.values())
     assert all(-1.0 <= v["srcc_without"] <= 1.0 for v in by_model.values())
+    assert all(0.0 <= v["area_order"] <= 1.0 for v in by_model.values())
     from finpercep.cli import main as cli_main
 
     assert (
@@ -174,9 +176,18 @@ def test_staged_training_saves_every_stage(fake_data: Path, tmp_path: Path) -> N
                 "tex_c",
                 "--out",
                 str(tmp_path / "eval.json"),
+                "--per-sample",
+                str(tmp_path / "samples.jsonl"),
             ]
         )
         == 0
+    )
+    records = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == held_out["samples"]
+    by_role = {r["role"]: r for r in records}
+    assert by_role["gt"]["defect_area"] == 0.0 and by_role["sr"]["defect_area"] == 1.0
+    assert spearman([r["score"] for r in records], [-r["defect_area"] for r in records]) == pytest.approx(
+        held_out["model"]["srcc"]
     )
     assert json.loads((tmp_path / "eval.json").read_text())["model"]["srcc"] == pytest.approx(
         held_out["model"]["srcc"]

@@ -140,6 +140,11 @@ def _add_rm(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--sources", nargs="+", default=None, help="only these source photos (fnmatch patterns)")
     e.add_argument("--max-samples", type=int, default=0, help="cap on samples, whole groups (0: all)")
     e.add_argument("--out", default=None, help="also write the result to this JSON file")
+    e.add_argument(
+        "--per-sample",
+        default=None,
+        help="also write one JSON line per sample here (role, SR model, defect area, score, map means)",
+    )
     e.set_defaults(func=_cmd_rm_eval)
 
     s = sub.add_parser("score", help="score images with FinPercep-RM: JSONL, heatmap overlays, HTML page")
@@ -166,7 +171,12 @@ def _cmd_rm_eval(ns: argparse.Namespace) -> None:
     from .rm.train import evaluate_checkpoint
 
     res = evaluate_checkpoint(
-        ns.data, ns.checkpoint, ns.stage, sources=ns.sources, max_samples=ns.max_samples
+        ns.data,
+        ns.checkpoint,
+        ns.stage,
+        sources=ns.sources,
+        max_samples=ns.max_samples,
+        per_sample=ns.per_sample,
     )
     if ns.out:
         atomic_write_json(ns.out, res)

@@ -210,6 +210,31 @@ class MapMetricAccumulator:
         return out
 
 
+def area_order(
+    scores: Sequence[float] | np.ndarray,
+    areas: Sequence[float] | np.ndarray,
+    subset: Sequence[int] | np.ndarray,
+) -> float:
+    """How well the samples ``subset`` (indices) sit in the global score-vs-area order.
+
+    The share of pairs (``i`` in ``subset``, any ``j`` with a smaller defect area) in which ``j`` scores
+    higher (ties count half): 1.0 when every image with less defect area outscores them, 0.5 at chance. It
+    is the part of SRCC(score, -area) that ``subset`` contributes, e.g. one SR model's whole outputs.
+    """
+    s, a = np.asarray(scores, np.float64), np.asarray(areas, np.float64)
+    idx = np.asarray(subset, np.int64)
+    if s.shape != a.shape:
+        raise ValueError(f"scores {s.shape} and areas {a.shape} differ")
+    wins, pairs = 0.0, 0
+    for i in idx:
+        lower = a < a[i]
+        n = int(lower.sum())
+        if n:
+            wins += float((s[lower] > s[i]).sum() + 0.5 * (s[lower] == s[i]).sum())
+            pairs += n
+    return wins / pairs if pairs else float("nan")
+
+
 def score_metrics(
     scores: dict[str, float], chains: Sequence[Sequence[str]], areas: dict[str, float]
 ) -> dict[str, float]:

@@ -43,7 +43,7 @@ from ..errors import FinPercepError
 from ..io import atomic_path, atomic_write_json, atomic_write_text
 from .dataset import ChainDataset, SampleDataset, Split, collate_chains, collate_samples, load_split
 from .losses import align_loss, cross_rank_loss, map_area_loss, map_bce_loss, map_l1_loss, rank_loss
-from .metrics import MapMetricAccumulator, beats, hf_energy_map, score_metrics
+from .metrics import MapMetricAccumulator, area_order, beats, hf_energy_map, score_metrics
 from .model import RewardModel, RMConfig, saved_rm_config
 from .plots import plot_curves
 
@@ -278,8 +278,13 @@ def evaluate(
     device: torch.device,
     *,
     with_baseline: bool = False,
+    per_sample: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Validation metrics of ``model`` on held-out ``samples`` (and of the HF-energy baseline maps)."""
+    """Validation metrics of ``model`` on held-out ``samples`` (and of the HF-energy baseline maps).
+
+    ``per_sample``: if given, one record per sample is appended to it (id, group, source photo, SR model,
+    role, defect area, score, mean predicted map, mean M_gt).
+    """
     was_training = model.training
     model.eval()
     ds = SampleDataset(root, samples)
@@ -291,6 +296,7 @@ def evaluate(
     roles: dict[str, list[float]] = {}
     role_of = {s["id"]: s["role"] for s in samples}
     model_of = {s["id"]: s.get("sr_model") for s in samples}
+    sample_of = {s["id"]: s for s in samples}
     by_model: dict[str, dict[str, list[float]]] = {}
     for idx in _batches_by_size(ds, cfg.val_batch):
         b = collate_samples([ds[i] for i in idx])
@@ -307,6 +313,21 @@ def evaluate(
             scores[sid] = float(out.score[j])
             areas[sid] = float(b["area"][j])
             roles.setdefault(role_of[sid], []).append(scores[sid])
+            if per_sample is not None:
+                s = sample_of[sid]
+                per_sample.append(
+                    {
+                        "id": sid,
+                        "group": s["group"],
+                        "source_image": s["source_image"],
+                        "sr_model": s.get("sr_model"),
+                        "role": s["role"],
+                        "defect_area": areas[sid],
+                        "score": scores[sid],
+                        "map_mean": float(pred[j].mean()),
+                        "gt_map_mean": float(gt[j].mean()),
+                    }
+                )
             if role_of[sid] == "sr" and model_of[sid]:
                 m = by_model.setdefault(str(model_of[sid]), {"score": [], "map": [], "gt_map": []})
                 m["score"].append(scores[sid])
@@ -316,10 +337,19 @@ def evaluate(
     res: dict[str, Any] = {**acc.result(), **score_metrics(scores, known, areas)}
     res["score_mean_by_role"] = {r: float(np.mean(v)) for r, v in sorted(roles.items())}
     # where the model is blind: per SR source, its whole-image output's mean score, mean map and mean M_gt,
-    # the triplet accuracy of its chains and the SRCC over every sample but those of that source
+    # the triplet accuracy of its chains, how its whole outputs sit in the global score-vs-area order
+    # (area_order) and the SRCC over every sample but those of that source
+    ids = list(scores)
+    score_arr = np.array([scores[i] for i in ids])
+    area_arr = np.array([areas[i] for i in ids])
     res["sr_outputs_by_model"] = {
         name: {
             **{k: float(np.mean(v)) for k, v in m.items()},
+            "area_order": area_order(
+                score_arr,
+                area_arr,
+                [j for j, i in enumerate(ids) if role_of[i] == "sr" and model_of[i] == name],
+            ),
             "triplet_acc": score_metrics(scores, [c for c in known if model_of[c[-1]] == name], areas)[
                 "triplet_acc"
             ],
@@ -350,12 +380,14 @@ def evaluate_checkpoint(
     tau: float = 0.1,
     max_samples: int = 0,
     device: str = "cpu",
+    per_sample: str | Path | None = None,
 ) -> dict[str, Any]:
     """Held-out evaluation of a saved reward model on an FGR dataset (e.g. photos it never saw).
 
     ``sources``: fnmatch patterns of the source photos to use (None: every sample). Returns the model's
     metrics, the two HF-energy baseline orientations and their per-metric best, which metrics beat that
-    best, and which of the project targets (pixel AUROC, triplet accuracy, SRCC) are met.
+    best, and which of the project targets (pixel AUROC, triplet accuracy, SRCC) are met. ``per_sample``:
+    also write one JSON line per sample there (see :func:`evaluate`).
     """
     import fnmatch
 
@@ -372,7 +404,12 @@ def evaluate_checkpoint(
     model = RewardModel.from_pretrained(checkpoint, stage, device=device)
     cfg = RMTrainConfig(data=str(root), tau=tau)
     chain_ids = [[s["id"] for s in c] for c in make_chains(rows)]
-    res = evaluate(model, root, rows, chain_ids, cfg, torch.device(device), with_baseline=True)
+    records: list[dict[str, Any]] = []
+    res = evaluate(
+        model, root, rows, chain_ids, cfg, torch.device(device), with_baseline=True, per_sample=records
+    )
+    if per_sample is not None:
+        atomic_write_text(per_sample, "".join(json.dumps(r) + "\n" for r in records))
     hf, smooth = res.pop("baseline_hf"), res.pop("baseline_smooth")
     best = best_baseline(hf, smooth)
     return {
