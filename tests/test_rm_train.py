@@ -76,6 +76,17 @@ def test_load_split_never_trains_on_held_out_photos(fake_data: Path) -> None:
     assert len(split.train_chains) == 8 and len(split.val_chains) == 4 and len(split.val_samples) == 2 * 7
 
 
+def test_load_split_can_train_on_some_sr_models_and_validate_on_all(fake_data: Path) -> None:
+    full = load_split(fake_data, ("tex_c",), 0.25)
+    split = load_split(fake_data, ("tex_c",), 0.25, train_sr_models=("blur-a",))
+    assert {c[-1]["sr_model"] for c in full.train_chains} == {"blur-a", "blur-b"}
+    assert {c[-1]["sr_model"] for c in split.train_chains} == {"blur-a"}
+    assert len(split.train_chains) == len(full.train_chains) // 2
+    assert split.val_chains == full.val_chains and split.val_samples == full.val_samples
+    with pytest.raises(FinPercepError, match=r"match none of the SR sources \['blur-a', 'blur-b'\]"):
+        load_split(fake_data, ("tex_c",), 0.25, train_sr_models=("realsr*",))
+
+
 @pytest.mark.parametrize("color", [0.0, 1.0])
 def test_chain_augmentation_is_shared_by_the_chain_and_seeded(fake_data: Path, color: float) -> None:
     split = load_split(fake_data, ("tex_c",), 0.25)

@@ -70,8 +70,17 @@ def split_sources(
     return train, val
 
 
-def load_split(data_dir: str | Path, val_patterns: Sequence[str], val_fraction: float) -> Split:
-    """Read the manifest under ``data_dir`` and split its ranking chains by source photo."""
+def load_split(
+    data_dir: str | Path,
+    val_patterns: Sequence[str],
+    val_fraction: float,
+    train_sr_models: Sequence[str] = (),
+) -> Split:
+    """Read the manifest under ``data_dir`` and split its ranking chains by source photo.
+
+    ``train_sr_models``: fnmatch patterns; if given, only the chains of matching SR sources are trained on
+    (validation keeps every source, so the others measure how the model does on SR models it never saw).
+    """
     samples = read_manifest(Path(data_dir))
     if not samples:
         raise FinPercepError(f"{data_dir}: the manifest is empty")
@@ -84,6 +93,15 @@ def load_split(data_dir: str | Path, val_patterns: Sequence[str], val_fraction: 
         raise FinPercepError(f"{data_dir}: no complete ranking chain ({' > '.join(ROLES)})")
     val_set = set(val_src)
     train_chains = tuple(tuple(c) for c in all_chains if c[0]["source_image"] not in val_set)
+    if train_sr_models:
+        sr_models = sorted({str(c[-1].get("sr_model")) for c in all_chains})
+        keep = {m for m in sr_models if any(fnmatch.fnmatchcase(m, p) for p in train_sr_models)}
+        if not keep:
+            raise FinPercepError(
+                f"{data_dir}: train_sr_models {list(train_sr_models)} match none of the SR sources "
+                f"{sr_models}"
+            )
+        train_chains = tuple(c for c in train_chains if str(c[-1].get("sr_model")) in keep)
     val_chains = tuple(tuple(c) for c in all_chains if c[0]["source_image"] in val_set)
     if not train_chains:
         raise FinPercepError(f"{data_dir}: no training chains after holding out {val_src}")

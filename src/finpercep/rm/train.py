@@ -121,6 +121,11 @@ class RMTrainConfig:
     val_fraction: float = option(
         0.25, help="share of source photos held out when no val_sources pattern matches"
     )
+    train_sr_models: tuple[str, ...] = option(
+        (),
+        help="train only on the chains of these SR sources (fnmatch patterns; none: all); validation keeps "
+        "every source, so the others measure the model on SR models it never saw",
+    )
     max_val_samples: int = option(
         0,
         help="validate on whole held-out groups up to this many samples (0: all), the same every epoch",
@@ -505,7 +510,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     root = Path(cfg.data)
-    split = load_split(root, cfg.val_sources, cfg.val_fraction)
+    split = load_split(root, cfg.val_sources, cfg.val_fraction, cfg.train_sr_models)
 
     # configuration and resume point: rank 0 checks and writes, the others read what it wrote
     problem = ""
