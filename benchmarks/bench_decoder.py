@@ -1,0 +1,83 @@
+"""Decoder overhead RM_N/RM_0, measured interleaved in one process so background load hits every config alike.
+
+    python benchmarks/bench_decoder.py --threads 1 --rounds 15
+    python benchmarks/bench_decoder.py --configs light light:8,16,48,96 res
+
+Each config is ``BLOCK[:W1,W2,...]`` (decoder block body and decoder widths, finest first; no widths: the
+default). Every round times one batch of each model in turn (RM_0 first, then each config's RM_N), so a slow
+spell on a shared machine falls on all of them; the ratio of medians is reported. ``--mode reward`` times a
+forward and backward pass to the input (the model used as a loss) instead of inference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from finpercep.rm import RewardModel, RMConfig
+
+
+def parse_config(text: str) -> RMConfig:
+    block, _, widths = text.partition(":")
+    if block not in ("res", "light"):
+        raise SystemExit(f"config {text!r}: the block must be res or light")
+    return RMConfig(decoder_block=block, decoder_widths=tuple(int(w) for w in widths.split(",") if w))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", nargs="+", default=["light", "light:8,16,48,96"])
+    p.add_argument("--mode", choices=["infer", "reward"], default="infer")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    models = {"RM_0": RewardModel(RMConfig(stage=0)).eval()}
+    for text in a.configs:
+        models[text] = RewardModel(parse_config(text)).eval()
+    x = torch.rand(a.batch, 3, a.size, a.size, generator=torch.Generator().manual_seed(0))
+
+    def step(model: RewardModel) -> None:
+        if a.mode == "infer":
+            with torch.no_grad():
+                model(x)
+        else:
+            model(x.clone().requires_grad_(True)).score.sum().backward()
+
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for model in models.values():
+        step(model)  # warm-up
+    for _ in range(a.rounds):
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            step(model)
+            times[name].append((time.perf_counter() - t0) * 1000 / a.batch)
+    med = {name: statistics.median(v) for name, v in times.items()}
+    result = {
+        "mode": a.mode,
+        "batch": a.batch,
+        "size": a.size,
+        "threads": a.threads,
+        "rounds": a.rounds,
+        "ms_per_image_median": med,
+        "overhead_vs_rm0": {name: med[name] / med["RM_0"] for name in a.configs},
+        "params": {name: sum(q.numel() for q in m.parameters()) for name, m in models.items()},
+    }
+    for name in models:
+        ratio = f"  RM_N/RM_0 = {med[name] / med['RM_0']:.3f}x" if name != "RM_0" else ""
+        print(f"{name:20s} {med[name]:7.1f} ms/image (median of {a.rounds}){ratio}")
+    if a.json:
+        a.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
