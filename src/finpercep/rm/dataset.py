@@ -104,7 +104,8 @@ def load_split(
         train_chains = tuple(c for c in train_chains if str(c[-1].get("sr_model")) in keep)
     val_chains = tuple(tuple(c) for c in all_chains if c[0]["source_image"] in val_set)
     if not train_chains:
-        raise FinPercepError(f"{data_dir}: no training chains after holding out {val_src}")
+        only = f" and keeping only SR sources {list(train_sr_models)}" if train_sr_models else ""
+        raise FinPercepError(f"{data_dir}: no training chains after holding out {val_src}{only}")
     val_samples = tuple(sorted((s for s in samples if s["source_image"] in val_set), key=lambda s: s["id"]))
     return Split(tuple(train_src), tuple(val_src), train_chains, val_chains, val_samples)
 
