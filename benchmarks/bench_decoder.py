@@ -1,12 +1,14 @@
 """Decoder overhead RM_N/RM_0, measured interleaved in one process so background load hits every config alike.
 
     python benchmarks/bench_decoder.py --threads 1 --rounds 15
-    python benchmarks/bench_decoder.py --configs light light:8,16,48,96 res
+    python benchmarks/bench_decoder.py --configs light light:8,16,48,96 res light:8,16,32,64:input
 
-Each config is ``BLOCK[:W1,W2,...]`` (decoder block body and decoder widths, finest first; no widths: the
-default). Every round times one batch of each model in turn (RM_0 first, then each config's RM_N), so a slow
-spell on a shared machine falls on all of them; the ratio of medians is reported. ``--mode reward`` times a
-forward and backward pass to the input (the model used as a loss) instead of inference.
+Each config is ``BLOCK[:W1,W2,...[:FUSION]]``: the decoder block body, the decoder widths finest first
+(empty: the default) and ``map_fusion`` (finest unless given). Every round times one batch of each model in
+turn (RM_0 first, then each config's RM_N), so a slow spell on a shared machine falls on all of them; the
+ratio of medians is reported. By default the clock is the process's CPU time, which other jobs on the
+machine disturb far less than elapsed time. ``--mode reward`` times a forward and backward pass to the
+input (the model used as a loss) instead of inference.
 """
 
 from __future__ import annotations
@@ -23,10 +25,15 @@ from finpercep.rm import RewardModel, RMConfig
 
 
 def parse_config(text: str) -> RMConfig:
-    block, _, widths = text.partition(":")
-    if block not in ("res", "light"):
-        raise SystemExit(f"config {text!r}: the block must be res or light")
-    return RMConfig(decoder_block=block, decoder_widths=tuple(int(w) for w in widths.split(",") if w))
+    block, _, rest = text.partition(":")
+    widths, _, fusion = rest.partition(":")
+    if block not in ("res", "light") or fusion not in ("", "input", "finest"):
+        raise SystemExit(f"config {text!r}: the block must be res or light, the fusion input or finest")
+    return RMConfig(
+        decoder_block=block,
+        decoder_widths=tuple(int(w) for w in widths.split(",") if w),
+        map_fusion=fusion or "finest",
+    )
 
 
 def main() -> None:
@@ -37,6 +44,13 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
+    p.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="cpu = this process's CPU time (robust to other jobs on a shared machine; with --threads 1 it "
+        "is the work done), wall = elapsed time",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     a = p.parse_args()
     if a.threads:
@@ -53,20 +67,22 @@ def main() -> None:
         else:
             model(x.clone().requires_grad_(True)).score.sum().backward()
 
+    clock = time.process_time if a.clock == "cpu" else time.perf_counter
     times: dict[str, list[float]] = {name: [] for name in models}
     for model in models.values():
         step(model)  # warm-up
     for _ in range(a.rounds):
         for name, model in models.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             step(model)
-            times[name].append((time.perf_counter() - t0) * 1000 / a.batch)
+            times[name].append((clock() - t0) * 1000 / a.batch)
     med = {name: statistics.median(v) for name, v in times.items()}
     result = {
         "mode": a.mode,
         "batch": a.batch,
         "size": a.size,
         "threads": a.threads,
+        "clock": a.clock,
         "rounds": a.rounds,
         "ms_per_image_median": med,
         "overhead_vs_rm0": {name: med[name] / med["RM_0"] for name in a.configs},
@@ -74,7 +90,7 @@ def main() -> None:
     }
     for name in models:
         ratio = f"  RM_N/RM_0 = {med[name] / med['RM_0']:.3f}x" if name != "RM_0" else ""
-        print(f"{name:20s} {med[name]:7.1f} ms/image (median of {a.rounds}){ratio}")
+        print(f"{name:20s} {med[name]:7.1f} ms/image ({a.clock}, median of {a.rounds}){ratio}")
     if a.json:
         a.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -13,7 +13,7 @@ import torch
 from finpercep.errors import ConfigError, FinPercepError
 from finpercep.io import save_png
 from finpercep.rm import RewardModel, RMConfig, RMInputError, RMOutput
-from finpercep.rm.model import default_checkpoint_dir
+from finpercep.rm.model import default_checkpoint_dir, saved_rm_config
 
 TINY = RMConfig(cnn_widths=(8, 12, 16), cnn_blocks=(1, 1, 1), head_hidden=8, decoder_widths=(4, 8, 8))
 
@@ -39,7 +39,39 @@ def test_output_shapes_and_ranges(size: tuple[int, int]) -> None:
     assert out.score.shape == (3,)
     assert out.map.shape == (3, 1, *size)
     assert float(out.map.min()) >= 0.0 and float(out.map.max()) <= 1.0
-    assert len(out.map_logits) == model.stage == model.num_levels == 3
+    assert model.stage == model.num_levels == 3
+    assert len(out.map_logits) == 1  # eval mode: the final logits only
+    torch.testing.assert_close(torch.sigmoid(out.map_logits[0]), out.map)
+
+
+@pytest.mark.parametrize("fusion", ["input", "finest"])
+def test_every_block_logits_end_with_the_eval_logits(fusion: str) -> None:
+    model = RewardModel(replace(TINY, map_fusion=fusion))
+    _perturb(model, seed=3)
+    x = _x(2, 40, 56)
+    model.train()
+    trained = model(x).map_logits
+    model.eval()
+    final = model(x).map_logits
+    assert len(trained) == model.stage and len(final) == 1
+    assert all(z.shape == (2, 1, 40, 56) for z in trained)
+    torch.testing.assert_close(final[0], trained[-1])  # group norm: no train/eval difference
+    assert not torch.allclose(trained[0], trained[-1])
+
+
+def test_map_fusion_places_the_sum_of_the_block_logits() -> None:
+    """finest sums the blocks' logits at the finest level and upsamples once; input upsamples each."""
+    finest = RewardModel(replace(TINY, map_fusion="finest")).eval()
+    _perturb(finest, seed=4)
+    at_input = RewardModel(replace(TINY, map_fusion="input")).eval()
+    at_input.load_state_dict(finest.state_dict())
+    x = _x(2, 48, 48)
+    with torch.no_grad():
+        a, b = finest(x), at_input(x)
+    torch.testing.assert_close(a.score, b.score, rtol=0, atol=0.05)  # the same model, resampled once less
+    assert not torch.equal(a.map, b.map)
+    assert saved_rm_config({"map_fusion": "finest"}).map_fusion == "finest"
+    assert saved_rm_config({}).map_fusion == "input"  # checkpoints from before the option
 
 
 def test_rm0_is_a_global_model_with_a_constant_map() -> None:

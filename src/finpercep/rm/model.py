@@ -107,6 +107,12 @@ class RMConfig:
         help="decoder block body: res = two 3x3 convs (a mirror of small_cnn's levels); "
         "light = one depthwise 3x3 and a 1x1 (about half the decoder's CPU time)",
     )
+    map_fusion: Literal["input", "finest"] = option(
+        "finest",
+        help="where the decoder blocks' map logits are summed: input = each upsampled to the input size "
+        "(checkpoints from before this option); finest = at the finest decoder level, then one upsample "
+        "(fewer full-size passes)",
+    )
     head_hidden: int = option(128, help="hidden units of the score MLP")
     score_pool: Literal["normalized", "product"] = option(
         "normalized",
@@ -139,6 +145,10 @@ class RMConfig:
             f"decoder_block must be res or light, got {self.decoder_block!r}",
         )
         check(
+            self.map_fusion in ("input", "finest"),
+            f"map_fusion must be input or finest, got {self.map_fusion!r}",
+        )
+        check(
             self.score_pool in ("normalized", "product"),
             f"score_pool must be normalized or product, got {self.score_pool!r}",
         )
@@ -150,16 +160,17 @@ class RMConfig:
 def saved_rm_config(d: dict[str, Any]) -> RMConfig:
     """An :class:`RMConfig` from its saved dict; files from before ``score_pool`` existed used the product
     pool, so a missing key means ``product``, not today's default (and a missing ``decoder_block``,
-    ``res``)."""
-    return from_dict(RMConfig, {"score_pool": "product", "decoder_block": "res", **d})
+    ``res``; a missing ``map_fusion``, ``input``)."""
+    return from_dict(RMConfig, {"score_pool": "product", "decoder_block": "res", "map_fusion": "input", **d})
 
 
 @dataclass
 class RMOutput:
     """``score``: [B], higher = better. ``map``: [B, 1, H, W] in [0, 1], higher = more degraded.
 
-    ``map_logits`` holds the cumulative map logits after each decoder block (RM_1..RM_k views of the
-    same forward pass, at input resolution); empty for RM_0.
+    ``map_logits`` holds the cumulative map logits at input resolution: in training mode one per decoder
+    block (RM_1..RM_k views of the same forward pass, for deep supervision), in eval mode only the last;
+    empty for RM_0.
     """
 
     score: torch.Tensor
@@ -353,17 +364,25 @@ class RewardModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def map_logits(self, feats: Sequence[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-        """Cumulative map logits at ``size`` after each decoder block (empty for RM_0)."""
+    def map_logits(
+        self, feats: Sequence[torch.Tensor], size: tuple[int, int], *, every_block: bool = True
+    ) -> tuple[torch.Tensor, ...]:
+        """Cumulative map logits at ``size`` after each decoder block (only the last unless ``every_block``;
+        empty for RM_0)."""
+        at = tuple(size) if self.config.map_fusion == "input" else tuple(feats[0].shape[-2:])
         out: list[torch.Tensor] = []
         z: torch.Tensor | None = None
         d: torch.Tensor | None = None
         n = len(feats)
         for k, block in enumerate(self.blocks, start=1):
             d, dz = block(feats[n - k], d)
-            dz = F.interpolate(dz, size=size, mode="bilinear", align_corners=False)
+            if tuple(dz.shape[-2:]) != at:
+                dz = F.interpolate(dz, size=at, mode="bilinear", align_corners=False)
             z = dz if z is None else z + dz
-            out.append(z)
+            if every_block or k == len(self.blocks):
+                out.append(z)
+        if at != tuple(size):
+            out = [F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in out]
         return tuple(out)
 
     def pool(self, f_top: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
@@ -386,16 +405,18 @@ class RewardModel(nn.Module):
         x = self._as_batch(x)
         ref = next(self.score_head.parameters())
         x = check_image_batch(x).to(device=ref.device, dtype=ref.dtype)
-        pooled, m, logits = self.forward_parts(x)
+        pooled, m, logits = self.forward_parts(x, every_block=self.training)
         return RMOutput(score=self.score_head(pooled), map=m, map_logits=logits)
 
-    def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    def forward_parts(
+        self, x: torch.Tensor, *, every_block: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
         """(pooled [B, C_N + 1], map [B, 1, H, W], cumulative logits) of a validated batch.
 
         ``score = score_head(pooled)``; tiled scoring averages ``pooled`` over tiles before the head.
         """
         feats = self.encoder(x)
-        logits = self.map_logits(feats, (x.shape[-2], x.shape[-1]))
+        logits = self.map_logits(feats, (x.shape[-2], x.shape[-1]), every_block=every_block)
         m = torch.sigmoid(logits[-1]) if logits else None
         pooled = self.pool(feats[-1], m)
         if m is None:
