@@ -18,6 +18,7 @@ from finpercep.rm.metrics import (
     cc,
     hf_energy_map,
     kld,
+    misorder,
     nss,
     pairwise_accuracy,
     score_metrics,
@@ -104,6 +105,26 @@ def test_score_metrics_uses_minus_area() -> None:
     areas = {"a": 0.0, "b": 0.1, "c": 0.4, "d": 1.0}
     m = score_metrics(scores, [["a", "b", "c", "d"]], areas)
     assert m["srcc"] == pytest.approx(1.0) and m["triplet_acc"] == 1.0
+
+
+def test_misorder_counts_the_samples_on_the_wrong_side() -> None:
+    scores = np.array([1.0, 0.5, 0.6, -1.0, 0.9])
+    areas = np.array([0.0, 0.1, 0.4, 1.0, 1.0])
+    # sample 4 (most area, second-highest score) is above 1 and 2, and 2 (more area) is above 1
+    np.testing.assert_allclose(misorder(scores, areas), np.array([0, 2, 2, 0, 2]) / 4)
+    assert misorder(np.array([0.0, 0.0]), np.array([0.0, 1.0])).tolist() == [0.5, 0.5]  # a tie counts half
+    assert misorder(np.array([3.0, 1.0]), np.array([0.5, 0.5])).tolist() == [0.0, 0.0]  # equal areas never
+    # brute force on random data with ties in both, across the 1024-row blocks
+    rng = np.random.default_rng(0)
+    s, a = rng.integers(0, 6, 1100).astype(float), rng.integers(0, 4, 1100) / 3
+    got = misorder(s, a)
+    for i in rng.choice(1100, 25, replace=False):
+        bad = ((a > a[i]) & (s > s[i])) | ((a < a[i]) & (s < s[i]))
+        half = (a != a[i]) & (s == s[i])
+        assert got[i] == pytest.approx((bad.sum() + 0.5 * half.sum()) / 1099)
+    assert misorder([], []).shape == (0,)
+    with pytest.raises(ValueError, match="equal 1-d shapes"):
+        misorder([1.0, 2.0], [0.0])
 
 
 def test_area_order_counts_pairs_with_less_area_that_score_higher() -> None:

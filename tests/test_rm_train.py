@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from finpercep.dist import fingerprint as weights_fingerprint
@@ -20,7 +21,7 @@ from finpercep.rm import RewardModel, RMConfig
 from finpercep.rm import train as train_mod
 from finpercep.rm.dataset import ChainDataset, load_split, split_sources
 from finpercep.rm.fakedata import write_fake_dataset
-from finpercep.rm.metrics import spearman
+from finpercep.rm.metrics import misorder, spearman
 from finpercep.rm.train import RMTrainConfig, evaluate_checkpoint, train
 
 TINY = RMConfig(cnn_widths=(8, 12, 16), cnn_blocks=(1, 1, 1), head_hidden=8, decoder_widths=(4, 8, 8))
@@ -189,6 +190,10 @@ def test_staged_training_saves_every_stage(fake_data: Path, tmp_path: Path) -> N
                 str(tmp_path / "eval.json"),
                 "--per-sample",
                 str(tmp_path / "samples.jsonl"),
+                "--misranked",
+                str(tmp_path / "misranked.png"),
+                "--misranked-count",
+                "3",
             ]
         )
         == 0
@@ -200,9 +205,18 @@ def test_staged_training_saves_every_stage(fake_data: Path, tmp_path: Path) -> N
     assert spearman([r["score"] for r in records], [-r["defect_area"] for r in records]) == pytest.approx(
         held_out["model"]["srcc"]
     )
-    assert json.loads((tmp_path / "eval.json").read_text())["model"]["srcc"] == pytest.approx(
-        held_out["model"]["srcc"]
-    )
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["model"]["srcc"] == pytest.approx(held_out["model"]["srcc"])
+    # the three samples most misordered against SRCC, as recomputed from the per-sample file, are drawn
+    bad = misorder([r["score"] for r in records], [r["defect_area"] for r in records])
+    assert [m["id"] for m in saved["misranked"]] == [
+        records[i]["id"] for i in np.argsort(-bad, kind="stable")[:3]
+    ]
+    assert [m["misorder"] for m in saved["misranked"]] == pytest.approx(sorted(bad, reverse=True)[:3])
+    with Image.open(tmp_path / "misranked.png") as im:
+        assert im.height > im.width / 4 * 2  # three rows of four panels
+    with pytest.raises(FinPercepError, match="misranked_count"):
+        evaluate_checkpoint(fake_data, run, sources=("tex_c",), misranked_count=-1)
     prov = json.loads((tmp_path / "exp" / "provenance.json").read_text())
     assert prov["val_sources"] == ["tex_c"] and set(prov["stages"]) == {"stage_0", "stage_1", "stage_2"}
     for k in range(3):

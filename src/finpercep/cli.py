@@ -145,6 +145,14 @@ def _add_rm(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="also write one JSON line per sample here (role, SR model, defect area, score, map means)",
     )
+    e.add_argument(
+        "--misranked",
+        default=None,
+        help="also draw the samples that cost SRCC the most (beside reference, map and M_gt) into this PNG",
+    )
+    e.add_argument(
+        "--misranked-count", type=int, default=8, help="how many misranked samples to list and draw"
+    )
     e.set_defaults(func=_cmd_rm_eval)
 
     s = sub.add_parser("score", help="score images with FinPercep-RM: JSONL, heatmap overlays, HTML page")
@@ -177,6 +185,8 @@ def _cmd_rm_eval(ns: argparse.Namespace) -> None:
         sources=ns.sources,
         max_samples=ns.max_samples,
         per_sample=ns.per_sample,
+        misranked=ns.misranked,
+        misranked_count=ns.misranked_count,
     )
     if ns.out:
         atomic_write_json(ns.out, res)

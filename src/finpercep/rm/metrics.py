@@ -235,6 +235,29 @@ def area_order(
     return wins / pairs if pairs else float("nan")
 
 
+def misorder(scores: Sequence[float] | np.ndarray, areas: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Per sample, the share of the other samples it is ranked against SRCC(score, -area) with.
+
+    Sample ``i`` is misordered with ``j`` when ``j`` has less defect area but scores lower, or more defect
+    area but scores higher (score ties with different areas count half; equal areas never count). 0 means
+    every other sample sits on the right side of it; the samples with the largest values are those that
+    cost SRCC the most.
+    """
+    s, a = np.asarray(scores, np.float64), np.asarray(areas, np.float64)
+    if s.shape != a.shape or s.ndim != 1:
+        raise ValueError(f"scores {s.shape} and areas {a.shape} must be equal 1-d shapes")
+    n = len(s)
+    out = np.zeros(n)
+    if n < 2:
+        return out
+    for lo in range(0, n, 1024):  # rows in blocks: memory O(1024 n)
+        da = np.sign(a[None, :] - a[lo : lo + 1024, None])  # +1 where j has more area than i
+        ds = np.sign(s[None, :] - s[lo : lo + 1024, None])  # +1 where j scores higher than i
+        bad = (da * ds > 0) + 0.5 * ((ds == 0) & (da != 0))
+        out[lo : lo + 1024] = bad.sum(axis=1)  # i against itself: da = 0, never counted
+    return out / (n - 1)
+
+
 def score_metrics(
     scores: dict[str, float], chains: Sequence[Sequence[str]], areas: dict[str, float]
 ) -> dict[str, float]:

@@ -53,3 +53,42 @@ def plot_curves(
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return path
+
+
+def plot_misranked(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Contact sheet of the samples that cost SRCC the most, one row each: the reference (GT), the
+    sample, the predicted map and M_gt (both over the sample), with the row's ``caption`` above it.
+
+    Each row holds ``gt`` and ``image`` ((H, W, 3) in [0, 1]), ``map`` and ``gt_map`` ((H, W) in
+    [0, 1]) and ``caption``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .score import heat_overlay
+
+    if not rows:
+        raise ValueError("no rows to draw")
+    path = Path(path)
+    titles = ("reference (GT)", "sample", "predicted map", "M_gt")
+    fig, axes = plt.subplots(len(rows), 4, figsize=(10, 2.9 * len(rows)), squeeze=False)
+    for row, ax_row in zip(rows, axes, strict=True):
+        panels = (
+            row["gt"],
+            row["image"],
+            heat_overlay(row["image"], row["map"]),
+            heat_overlay(row["image"], row["gt_map"]),
+        )
+        for ax, img, title in zip(ax_row, panels, titles, strict=True):
+            ax.imshow(img.clip(0.0, 1.0))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(title, fontsize=7, pad=2)
+        ax_row[0].text(0.0, 1.13, row["caption"], transform=ax_row[0].transAxes, fontsize=8, va="bottom")
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.96, wspace=0.03, hspace=0.35)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=72, format="png")
+    plt.close(fig)
+    return path

@@ -41,11 +41,19 @@ from ..config import check, check_prob, option, to_dict
 from ..ema import EMA
 from ..errors import FinPercepError
 from ..io import atomic_path, atomic_write_json, atomic_write_text
-from .dataset import ChainDataset, SampleDataset, Split, collate_chains, collate_samples, load_split
+from .dataset import (
+    ChainDataset,
+    SampleDataset,
+    Split,
+    collate_chains,
+    collate_samples,
+    load_split,
+    read_sample,
+)
 from .losses import align_loss, cross_rank_loss, map_area_loss, map_bce_loss, map_l1_loss, rank_loss
-from .metrics import MapMetricAccumulator, area_order, beats, hf_energy_map, score_metrics
+from .metrics import MapMetricAccumulator, area_order, beats, hf_energy_map, misorder, score_metrics
 from .model import RewardModel, RMConfig, saved_rm_config
-from .plots import plot_curves
+from .plots import plot_curves, plot_misranked
 
 logger = logging.getLogger(__name__)
 
@@ -386,19 +394,25 @@ def evaluate_checkpoint(
     max_samples: int = 0,
     device: str = "cpu",
     per_sample: str | Path | None = None,
+    misranked: str | Path | None = None,
+    misranked_count: int = 8,
 ) -> dict[str, Any]:
     """Held-out evaluation of a saved reward model on an FGR dataset (e.g. photos it never saw).
 
     ``sources``: fnmatch patterns of the source photos to use (None: every sample). Returns the model's
     metrics, the two HF-energy baseline orientations and their per-metric best, which metrics beat that
     best, and which of the project targets (pixel AUROC, triplet accuracy, SRCC) are met. ``per_sample``:
-    also write one JSON line per sample there (see :func:`evaluate`).
+    also write one JSON line per sample there (see :func:`evaluate`). The result's ``misranked`` lists the
+    ``misranked_count`` samples that cost SRCC the most (:func:`~finpercep.rm.metrics.misorder`);
+    ``misranked``: also draw them, beside their reference, predicted map and M_gt, into this PNG.
     """
     import fnmatch
 
     from ..data.manifest import chains as make_chains
     from ..data.manifest import read_manifest
 
+    if misranked_count < 0:
+        raise FinPercepError(f"misranked_count must be >= 0, got {misranked_count}")
     root = Path(data)
     rows = read_manifest(root)
     if sources is not None:
@@ -415,6 +429,11 @@ def evaluate_checkpoint(
     )
     if per_sample is not None:
         atomic_write_text(per_sample, "".join(json.dumps(r) + "\n" for r in records))
+    bad = misorder([r["score"] for r in records], [r["defect_area"] for r in records])
+    worst = [records[i] | {"misorder": float(bad[i])} for i in np.argsort(-bad, kind="stable")]
+    worst = worst[:misranked_count]
+    if misranked is not None and worst:
+        draw_misranked(model, root, rows, worst, misranked, torch.device(device))
     hf, smooth = res.pop("baseline_hf"), res.pop("baseline_smooth")
     best = best_baseline(hf, smooth)
     return {
@@ -425,7 +444,42 @@ def evaluate_checkpoint(
         "baseline": {"hf": hf, "smooth": smooth, "best": best},
         "beats_baseline": beats(res, best),
         "targets_met": {k: bool(res[k] >= v) for k, v in TARGETS.items()},
+        "misranked": [
+            {k: r[k] for k in ("id", "role", "sr_model", "defect_area", "score", "misorder")} for r in worst
+        ],
     }
+
+
+def draw_misranked(
+    model: RewardModel,
+    root: Path,
+    rows: Sequence[dict[str, Any]],
+    records: Sequence[dict[str, Any]],
+    path: str | Path,
+    device: torch.device,
+) -> Path:
+    """The contact sheet of :func:`~finpercep.rm.plots.plot_misranked` for the per-sample ``records``."""
+    by_id = {r["id"]: r for r in rows}
+    gt_of = {r["group"]: r for r in rows if r["role"] == "gt"}
+    model.eval()
+    panels = []
+    for rec in records:
+        img, gt_map = read_sample(root, by_id[rec["id"]])
+        ref = gt_of.get(rec["group"])
+        gt_img = read_sample(root, ref)[0] if ref is not None else np.zeros_like(img)
+        with torch.no_grad():
+            out = model(torch.from_numpy(img).permute(2, 0, 1)[None].to(device))
+        panels.append(
+            {
+                "gt": gt_img,
+                "image": img,
+                "map": out.map[0, 0].float().cpu().numpy(),
+                "gt_map": gt_map,
+                "caption": f"{rec['id']}  {rec['role']} ({rec['sr_model']})  area {rec['defect_area']:.2f}  "
+                f"score {rec['score']:.3f}  misordered with {100 * rec['misorder']:.0f}%",
+            }
+        )
+    return plot_misranked(panels, path)
 
 
 def best_baseline(b: dict[str, float], s: dict[str, float]) -> dict[str, float]:
