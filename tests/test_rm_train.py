@@ -465,6 +465,26 @@ def test_epoch_order_uniform_is_the_permutation_and_hard_favours_high_error_chai
     assert np.isin(order, np.arange(20, n)).sum() < 0.6 * n
 
 
+def test_chain_weights_draw_matching_sr_sources_more_often(fake_data: Path) -> None:
+    split = load_split(fake_data, ("tex_c",), 0.25)
+    models = [c[-1]["sr_model"] for c in split.train_chains]
+    target = models[0]
+    w = train_mod.chain_weights(split.train_chains, [f"{target}=4", "*=0.5"])
+    assert w is not None and w.tolist() == [4.0 if m == target else 0.5 for m in models]  # first match wins
+    assert train_mod.chain_weights(split.train_chains, []) is None
+    n = 2000
+    weights = np.where(np.arange(n) < 100, 5.0, 1.0)  # 100 chains weighted 5: 500 / 2400 of the weight
+    # expected draws of those 100: uniform 2000 * 500 / 2400 = 417 (sd 18); hard with nothing measured yet,
+    # half that share and half the uniform hardness share: 208 + 50 = 258
+    for mode, lo, hi in (("uniform", 360, 475), ("hard", 200, 320)):
+        order = train_mod.epoch_order(mode, np.full(n, np.nan), np.random.default_rng(0), weights)
+        assert len(order) == n and len(set(order.tolist())) == n
+        assert lo < (order % n < 100).sum() < hi
+    for bad in (["x4plus"], ["x4plus=0"], ["=2"], ["x4plus=two"], ["x4plus=nan"]):
+        with pytest.raises(ConfigError, match="PATTERN=W"):
+            RMTrainConfig(chain_weights=tuple(bad))
+
+
 def test_chain_repeats_get_their_own_crop(fake_data: Path) -> None:
     split = load_split(fake_data, ("tex_c",), 0.25)
     ds = ChainDataset(fake_data, split.train_chains, crop=32, augment=True, color=0.5)

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from .. import dist as D
 from ..config import check, check_prob, option, to_dict
 from ..ema import EMA
-from ..errors import FinPercepError
+from ..errors import ConfigError, FinPercepError
 from ..io import atomic_path, atomic_write_json, atomic_write_text
 from .dataset import (
     ChainDataset,
@@ -134,6 +134,11 @@ class RMTrainConfig:
         help="train only on the chains of these SR sources (fnmatch patterns; none: all); validation keeps "
         "every source, so the others measure the model on SR models it never saw",
     )
+    chain_weights: tuple[str, ...] = option(
+        (),
+        help="PATTERN=W ...: draw the training chains of SR sources matching the fnmatch PATTERN W times as "
+        "often as the others (first match wins; the epoch keeps its length), e.g. realesrgan-x4plus=3",
+    )
     max_val_samples: int = option(
         0,
         help="validate on whole held-out groups up to this many samples (0: all), the same every epoch",
@@ -190,6 +195,7 @@ class RMTrainConfig:
         check(0.0 <= self.gate_ramp <= 1.0, f"gate_ramp must be in [0, 1], got {self.gate_ramp}")
         check(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}")
         check(self.max_val_samples >= 0 and self.max_steps_per_epoch >= 0, "caps must be >= 0")
+        parse_chain_weights(self.chain_weights)
         check(
             self.val_batch >= 1 and self.num_workers >= 0 and self.threads >= 0,
             "val_batch >= 1, workers/threads >= 0",
@@ -205,6 +211,36 @@ class RMTrainConfig:
 
 # --------------------------------------------------------------------------------------------------
 # pieces of the loop
+
+
+def parse_chain_weights(items: Sequence[str]) -> list[tuple[str, float]]:
+    """``["PATTERN=W", ...]`` -> ``[(PATTERN, W), ...]``; a clear error for a malformed item or W <= 0."""
+    out = []
+    for item in items:
+        pattern, sep, w = item.rpartition("=")
+        try:
+            weight = float(w)
+        except ValueError:
+            weight = float("nan")
+        if not sep or not pattern or not weight > 0 or not math.isfinite(weight):
+            raise ConfigError(f"chain_weights: {item!r} is not PATTERN=W with a weight W > 0")
+        out.append((pattern, weight))
+    return out
+
+
+def chain_weights(chains: Sequence[Sequence[dict[str, Any]]], items: Sequence[str]) -> np.ndarray | None:
+    """Per training chain, the weight of the first ``PATTERN=W`` matching its SR source (1 if none);
+    None when nothing is weighted."""
+    import fnmatch
+
+    rules = parse_chain_weights(items)
+    if not rules:
+        return None
+    w = np.ones(len(chains))
+    for i, chain in enumerate(chains):
+        sr = str(chain[-1].get("sr_model"))
+        w[i] = next((v for p, v in rules if fnmatch.fnmatchcase(sr, p)), 1.0)
+    return w
 
 
 def lr_at(cfg: RMTrainConfig, it: int, total: int, stage: int = 0) -> float:
@@ -493,22 +529,31 @@ def best_baseline(b: dict[str, float], s: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def epoch_order(mode: str, hardness: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def epoch_order(
+    mode: str, hardness: np.ndarray, rng: np.random.Generator, weights: np.ndarray | None = None
+) -> np.ndarray:
     """Chain indices of one epoch, ``len(hardness)`` draws (see ``RMTrainConfig.chain_sampling``).
 
-    ``uniform``: a permutation. ``hard``: draws with replacement, with probability ``0.5 / n`` plus half
-    the chain's share of the total ``hardness`` (NaN, i.e. not yet measured, counts as the mean; all NaN
-    is uniform). The k-th repeat of chain ``j`` comes back as ``j + k * n`` so that it gets a crop and
-    augmentation of its own (:class:`ChainDataset` reads index ``i`` as chain ``i % n``).
+    ``uniform``: a permutation, or with ``weights`` (per chain, see ``chain_weights``) draws with
+    replacement in proportion to them. ``hard``: draws with replacement, with probability half the chain's
+    share of the weights (``1 / n`` each without them) plus half its share of the total ``hardness`` (NaN,
+    i.e. not yet measured, counts as the mean; all NaN is the weights alone). The k-th repeat of chain ``j``
+    comes back as ``j + k * n`` so that it gets a crop and augmentation of its own (:class:`ChainDataset`
+    reads index ``i`` as chain ``i % n``).
     """
     n = len(hardness)
-    if mode == "uniform":
+    if mode == "uniform" and weights is None:
         return rng.permutation(n)
-    h = np.asarray(hardness, np.float64)
-    seen = np.isfinite(h)
-    h = np.clip(np.where(seen, h, h[seen].mean() if seen.any() else 1.0), 0.0, None)
-    share = h / h.sum() if h.sum() > 0 else np.full(n, 1.0 / n)
-    draws = rng.choice(n, size=n, p=0.5 / n + 0.5 * share)
+    base = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
+    if mode == "uniform":
+        p = base
+    else:
+        h = np.asarray(hardness, np.float64)
+        seen = np.isfinite(h)
+        h = np.clip(np.where(seen, h, h[seen].mean() if seen.any() else 1.0), 0.0, None)
+        share = h / h.sum() if h.sum() > 0 else base
+        p = (0.5 / n if weights is None else 0.5 * base) + 0.5 * share
+    draws = rng.choice(n, size=n, p=p)
     repeats = np.zeros(n, np.int64)
     order = np.empty(n, np.int64)
     for t, j in enumerate(draws):
@@ -603,6 +648,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
     history: list[dict[str, Any]] = []
     start_stage, start_epoch = 0, 0
     hardness = np.full(len(split.train_chains), np.nan)
+    weights = chain_weights(split.train_chains, cfg.chain_weights)
     if state is not None:
         if state.get("hardness") is not None:
             hardness = np.asarray(state["hardness"], np.float64)
@@ -690,7 +736,9 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
         for epoch in range(start_epoch if resuming else 0, epochs):
             model.train()
             train_ds.set_epoch(epoch)
-            order = epoch_order(cfg.chain_sampling, hardness, np.random.default_rng([cfg.seed, stage, epoch]))
+            order = epoch_order(
+                cfg.chain_sampling, hardness, np.random.default_rng([cfg.seed, stage, epoch]), weights
+            )
             mine = order[: per_rank * d.world][d.rank :: d.world][: steps_per_epoch * bc].tolist()
             err_sum = torch.zeros(len(train_ds), dtype=torch.float64)
             err_n = torch.zeros(len(train_ds), dtype=torch.float64)
