@@ -1,14 +1,15 @@
 """Decoder overhead RM_N/RM_0, measured interleaved in one process so background load hits every config alike.
 
     python benchmarks/bench_decoder.py --threads 1 --rounds 15
-    python benchmarks/bench_decoder.py --configs light light:8,16,48,96 res light:8,16,32,64:input
+    python benchmarks/bench_decoder.py --configs light light:8,16,48,96 res light:8,16,32,64:finest
 
 Each config is ``BLOCK[:W1,W2,...[:FUSION]]``: the decoder block body, the decoder widths finest first
-(empty: the default) and ``map_fusion`` (finest unless given). Every round times one batch of each model in
-turn (RM_0 first, then each config's RM_N), so a slow spell on a shared machine falls on all of them; the
-ratio of medians is reported. By default the clock is the process's CPU time, which other jobs on the
-machine disturb far less than elapsed time. ``--mode reward`` times a forward and backward pass to the
-input (the model used as a loss) instead of inference.
+(empty: the default) and ``map_fusion`` (input unless given). Every round times, for each config, one
+batch of RM_0, one of the config's RM_N and one of RM_0 again; the overhead is the median over rounds of
+RM_N's time over the mean of the two RM_0 times around it (with quartiles), so slow spells on a shared
+machine cancel. By default the clock is the process's CPU time, which other jobs on the machine disturb
+less than elapsed time. ``--mode reward`` times a forward and backward pass to the input (the model used as
+a loss) instead of inference.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def parse_config(text: str) -> RMConfig:
     return RMConfig(
         decoder_block=block,
         decoder_widths=tuple(int(w) for w in widths.split(",") if w),
-        map_fusion=fusion or "finest",
+        map_fusion=fusion or "input",
     )
 
 
@@ -68,15 +69,24 @@ def main() -> None:
             model(x.clone().requires_grad_(True)).score.sum().backward()
 
     clock = time.process_time if a.clock == "cpu" else time.perf_counter
-    times: dict[str, list[float]] = {name: [] for name in models}
+
+    def timed(model: RewardModel) -> float:
+        t0 = clock()
+        step(model)
+        return (clock() - t0) * 1000 / a.batch
+
     for model in models.values():
         step(model)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in models}
+    ratios: dict[str, list[float]] = {name: [] for name in a.configs}
     for _ in range(a.rounds):
-        for name, model in models.items():
-            t0 = clock()
-            step(model)
-            times[name].append((clock() - t0) * 1000 / a.batch)
+        for name in a.configs:  # RM_0 right before and after each config: a paired ratio, drift cancels
+            before, t, after = timed(models["RM_0"]), timed(models[name]), timed(models["RM_0"])
+            times["RM_0"] += [before, after]
+            times[name].append(t)
+            ratios[name].append(2 * t / (before + after))
     med = {name: statistics.median(v) for name, v in times.items()}
+    quart = {name: statistics.quantiles(v, n=4) for name, v in ratios.items()}
     result = {
         "mode": a.mode,
         "batch": a.batch,
@@ -85,12 +95,16 @@ def main() -> None:
         "clock": a.clock,
         "rounds": a.rounds,
         "ms_per_image_median": med,
-        "overhead_vs_rm0": {name: med[name] / med["RM_0"] for name in a.configs},
+        "overhead_vs_rm0": {name: statistics.median(v) for name, v in ratios.items()},
+        "overhead_quartiles": {name: [q[0], q[2]] for name, q in quart.items()},
         "params": {name: sum(q.numel() for q in m.parameters()) for name, m in models.items()},
     }
     for name in models:
-        ratio = f"  RM_N/RM_0 = {med[name] / med['RM_0']:.3f}x" if name != "RM_0" else ""
-        print(f"{name:20s} {med[name]:7.1f} ms/image ({a.clock}, median of {a.rounds}){ratio}")
+        ratio = ""
+        if name != "RM_0":
+            q = quart[name]
+            ratio = f"  RM_N/RM_0 = {result['overhead_vs_rm0'][name]:.3f}x (quartiles {q[0]:.3f}-{q[2]:.3f})"
+        print(f"{name:24s} {med[name]:7.1f} ms/image ({a.clock}, median of {len(times[name])}){ratio}")
     if a.json:
         a.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -13,7 +13,7 @@ import torch
 from finpercep.errors import ConfigError, FinPercepError
 from finpercep.io import save_png
 from finpercep.rm import RewardModel, RMConfig, RMInputError, RMOutput
-from finpercep.rm.model import default_checkpoint_dir, saved_rm_config
+from finpercep.rm.model import DepthwiseConv3x3, default_checkpoint_dir, saved_rm_config
 
 TINY = RMConfig(cnn_widths=(8, 12, 16), cnn_blocks=(1, 1, 1), head_hidden=8, decoder_widths=(4, 8, 8))
 
@@ -57,6 +57,25 @@ def test_every_block_logits_end_with_the_eval_logits(fusion: str) -> None:
     assert all(z.shape == (2, 1, 40, 56) for z in trained)
     torch.testing.assert_close(final[0], trained[-1])  # group norm: no train/eval difference
     assert not torch.allclose(trained[0], trained[-1])
+
+
+@pytest.mark.parametrize("size", [(5, 7), (32, 33)])
+def test_depthwise_conv_equals_the_grouped_convolution_with_and_without_autograd(
+    size: tuple[int, int],
+) -> None:
+    torch.manual_seed(0)
+    dw = DepthwiseConv3x3(6)
+    x = torch.randn(2, 6, *size)
+    want = torch.nn.functional.conv2d(x, dw.weight, dw.bias, padding=1, groups=6)
+    with torch.no_grad():
+        fast = dw(x)  # the shifted multiply-adds
+    torch.testing.assert_close(fast, want, rtol=1e-5, atol=1e-5)
+    xg = x.clone().requires_grad_(True)
+    dw(xg).square().sum().backward()
+    ref = x.clone().requires_grad_(True)
+    torch.nn.functional.conv2d(ref, dw.weight, dw.bias, padding=1, groups=6).square().sum().backward()
+    assert xg.grad is not None and ref.grad is not None
+    torch.testing.assert_close(xg.grad, ref.grad)
 
 
 def test_map_fusion_places_the_sum_of_the_block_logits() -> None:
