@@ -213,6 +213,12 @@ def test_staged_training_saves_every_stage(fake_data: Path, tmp_path: Path) -> N
         records[i]["id"] for i in np.argsort(-bad, kind="stable")[:3]
     ]
     assert [m["misorder"] for m in saved["misranked"]] == pytest.approx(sorted(bad, reverse=True)[:3])
+    share = saved["misorder_share"]
+    assert sum(share.values()) == pytest.approx(1.0) and "gt" in share
+    sr_kind = [i for i, r in enumerate(records) if r["role"] == "sr"]
+    assert share[f"sr/{records[sr_kind[0]]['sr_model']}"] == pytest.approx(
+        sum(bad[i] for i in sr_kind if records[i]["sr_model"] == records[sr_kind[0]]["sr_model"]) / bad.sum()
+    )
     with Image.open(tmp_path / "misranked.png") as im:
         assert im.height > im.width / 4 * 2  # three rows of four panels
     with pytest.raises(FinPercepError, match="misranked_count"):

@@ -439,7 +439,8 @@ def evaluate_checkpoint(
     metrics, the two HF-energy baseline orientations and their per-metric best, which metrics beat that
     best, and which of the project targets (pixel AUROC, triplet accuracy, SRCC) are met. ``per_sample``:
     also write one JSON line per sample there (see :func:`evaluate`). The result's ``misranked`` lists the
-    ``misranked_count`` samples that cost SRCC the most (:func:`~finpercep.rm.metrics.misorder`);
+    ``misranked_count`` samples that cost SRCC the most (:func:`~finpercep.rm.metrics.misorder`), and
+    ``misorder_share`` each kind of sample's share of the total misorder (``gt``, ``ROLE/SR_MODEL``);
     ``misranked``: also draw them, beside their reference, predicted map and M_gt, into this PNG.
     """
     import fnmatch
@@ -468,6 +469,12 @@ def evaluate_checkpoint(
     bad = misorder([r["score"] for r in records], [r["defect_area"] for r in records])
     worst = [records[i] | {"misorder": float(bad[i])} for i in np.argsort(-bad, kind="stable")]
     worst = worst[:misranked_count]
+    kinds: dict[str, float] = {}
+    for r, b in zip(records, bad, strict=True):
+        kind = r["role"] if r["role"] == "gt" else f"{r['role']}/{r['sr_model']}"
+        kinds[kind] = kinds.get(kind, 0.0) + float(b)
+    total = sum(kinds.values()) or 1.0
+    misorder_share = {k: v / total for k, v in sorted(kinds.items())}
     if misranked is not None and worst:
         draw_misranked(model, root, rows, worst, misranked, torch.device(device))
     hf, smooth = res.pop("baseline_hf"), res.pop("baseline_smooth")
@@ -480,6 +487,7 @@ def evaluate_checkpoint(
         "baseline": {"hf": hf, "smooth": smooth, "best": best},
         "beats_baseline": beats(res, best),
         "targets_met": {k: bool(res[k] >= v) for k, v in TARGETS.items()},
+        "misorder_share": misorder_share,
         "misranked": [
             {k: r[k] for k in ("id", "role", "sr_model", "defect_area", "score", "misorder")} for r in worst
         ],
