@@ -39,7 +39,7 @@ def parse_config(text: str) -> RMConfig:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", nargs="+", default=["light", "light:8,16,48,96"])
+    p.add_argument("--configs", nargs="+", default=["light:8,16,32,64", "light"])
     p.add_argument("--mode", choices=["infer", "reward"], default="infer")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=256)
