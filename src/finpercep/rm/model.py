@@ -230,13 +230,13 @@ class DepthwiseConv3x3(nn.Conv2d):
         super().__init__(c, c, 3, padding=1, groups=c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or torch.is_grad_enabled():
+        bias = self.bias
+        if x.device.type != "cpu" or torch.is_grad_enabled() or bias is None:
             return super().forward(x)
         h, w = x.shape[-2:]
         xp = F.pad(x, (1, 1, 1, 1))
         k = self.weight[:, 0]
-        assert self.bias is not None
-        out = self.bias.view(1, -1, 1, 1).expand_as(x).clone()
+        out = bias.view(1, -1, 1, 1).expand_as(x).clone()
         for i in range(3):
             for j in range(3):
                 out.addcmul_(xp[:, :, i : i + h, j : j + w], k[:, i, j].view(1, -1, 1, 1))
