@@ -236,7 +236,7 @@ def area_order(
 
 
 def misorder(scores: Sequence[float] | np.ndarray, areas: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Per sample, the share of the other samples it is ranked against SRCC(score, -area) with.
+    """Per sample, the share of the other samples that sit on the wrong side of it for SRCC(score, -area).
 
     Sample ``i`` is misordered with ``j`` when ``j`` has less defect area but scores lower, or more defect
     area but scores higher (score ties with different areas count half; equal areas never count). 0 means
