@@ -54,6 +54,8 @@ def main() -> None:
     )
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     a = p.parse_args()
+    if a.rounds < 2:
+        p.error("--rounds must be at least 2 (quartiles of the paired ratios)")
     if a.threads:
         torch.set_num_threads(a.threads)
     models = {"RM_0": RewardModel(RMConfig(stage=0)).eval()}

@@ -114,7 +114,7 @@ def test_misorder_counts_the_samples_on_the_wrong_side() -> None:
     np.testing.assert_allclose(misorder(scores, areas), np.array([0, 2, 2, 0, 2]) / 4)
     assert misorder(np.array([0.0, 0.0]), np.array([0.0, 1.0])).tolist() == [0.5, 0.5]  # a tie counts half
     assert misorder(np.array([3.0, 1.0]), np.array([0.5, 0.5])).tolist() == [0.0, 0.0]  # equal areas never
-    # brute force on random data with ties in both, across the 1024-row blocks
+    # brute force on random data with ties in both
     rng = np.random.default_rng(0)
     s, a = rng.integers(0, 6, 1100).astype(float), rng.integers(0, 4, 1100) / 3
     got = misorder(s, a)

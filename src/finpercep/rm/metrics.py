@@ -247,14 +247,43 @@ def misorder(scores: Sequence[float] | np.ndarray, areas: Sequence[float] | np.n
     if s.shape != a.shape or s.ndim != 1:
         raise ValueError(f"scores {s.shape} and areas {a.shape} must be equal 1-d shapes")
     n = len(s)
-    out = np.zeros(n)
     if n < 2:
-        return out
-    for lo in range(0, n, 1024):  # rows in blocks: memory O(1024 n)
-        da = np.sign(a[None, :] - a[lo : lo + 1024, None])  # +1 where j has more area than i
-        ds = np.sign(s[None, :] - s[lo : lo + 1024, None])  # +1 where j scores higher than i
-        bad = (da * ds > 0) + 0.5 * ((ds == 0) & (da != 0))
-        out[lo : lo + 1024] = bad.sum(axis=1)  # i against itself: da = 0, never counted
+        return np.zeros(n)
+    # O(n log n): walk the samples by area, group by group, counting score ranks of the groups already seen
+    # in a Fenwick tree; once from small to large area (j has less area), once from large to small.
+    ranks = np.unique(s, return_inverse=True)[1].astype(np.int64) + 1
+    out = np.zeros(n)
+    for forward in (True, False):
+        tree = np.zeros(ranks.max() + 1, np.int64)
+
+        def count_upto(r: int, tree: np.ndarray = tree) -> int:
+            total = 0
+            while r > 0:
+                total += int(tree[r])
+                r -= r & -r
+            return total
+
+        keys = a if forward else -a
+        order = np.argsort(keys, kind="stable")
+        seen = 0
+        start = 0
+        while start < n:
+            stop = start
+            while stop < n and keys[order[stop]] == keys[order[start]]:
+                stop += 1
+            group = order[start:stop]
+            for i in group:
+                below, upto = count_upto(ranks[i] - 1), count_upto(ranks[i])
+                # forward: j has less area, wrong when it scores lower; backward: more area, scores higher
+                wrong = below if forward else seen - upto
+                out[i] += wrong + 0.5 * (upto - below)
+            for i in group:
+                r = ranks[i]
+                while r < len(tree):
+                    tree[r] += 1
+                    r += r & -r
+            seen += len(group)
+            start = stop
     return out / (n - 1)
 
 
