@@ -107,6 +107,22 @@ def test_score_metrics_uses_minus_area() -> None:
     assert m["srcc"] == pytest.approx(1.0) and m["triplet_acc"] == 1.0
 
 
+def test_srcc_gt_relative_removes_the_offset_of_each_photo() -> None:
+    # two crops, each in perfect order, but the second crop's scores sit 2 lower: its GT below the
+    # first crop's SR output, so the plain SRCC suffers while the GT-relative one does not
+    areas = {"a0": 0.0, "a1": 0.1, "a2": 0.4, "a3": 1.0, "b0": 0.0, "b1": 0.1, "b2": 0.4, "b3": 1.0}
+    base = {"0": 1.0, "1": 0.8, "2": 0.5, "3": 0.0}
+    scores = {k: base[k[1]] - (2.0 if k[0] == "b" else 0.0) for k in areas}
+    chains = [["a0", "a1", "a2", "a3"], ["b0", "b1", "b2", "b3"]]
+    m = score_metrics(scores, chains, areas)
+    assert m["srcc"] < 0.5
+    assert m["srcc_gt_relative"] == pytest.approx(1.0)
+    # a chain out of order shows in both
+    scores["a3"] = 2.0
+    assert score_metrics(scores, chains, areas)["srcc_gt_relative"] < 0.9
+    assert np.isnan(score_metrics(scores, [], areas)["srcc_gt_relative"])
+
+
 def test_misorder_counts_the_samples_on_the_wrong_side() -> None:
     scores = np.array([1.0, 0.5, 0.6, -1.0, 0.9])
     areas = np.array([0.0, 0.1, 0.4, 1.0, 1.0])

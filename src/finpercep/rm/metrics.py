@@ -290,13 +290,24 @@ def misorder(scores: Sequence[float] | np.ndarray, areas: Sequence[float] | np.n
 def score_metrics(
     scores: dict[str, float], chains: Sequence[Sequence[str]], areas: dict[str, float]
 ) -> dict[str, float]:
-    """Triplet/pairwise accuracy over ``chains`` (sample ids, best first) and SRCC(score, -defect area)."""
+    """Triplet/pairwise accuracy over ``chains`` (sample ids, best first) and SRCC(score, -defect area).
+
+    ``srcc_gt_relative`` is the SRCC of each chain member's score minus its chain's GT score (first member),
+    over the samples in ``chains``: what SRCC would be if the score scale of every photo crop were known.
+    Its gap to ``srcc`` is the part lost to content-dependent offsets; the rest is lost inside the chains
+    and between SR sources.
+    """
     mat = np.array([[scores[i] for i in c] for c in chains], np.float64) if chains else np.zeros((0, 4))
     ids = sorted(scores)
+    gt_of = {i: c[0] for c in chains for i in c}
+    rel = sorted(gt_of)
     return {
         "triplet_acc": triplet_accuracy(mat) if len(mat) else float("nan"),
         "pair_acc": pairwise_accuracy(mat) if len(mat) else float("nan"),
         "srcc": spearman([scores[i] for i in ids], [-areas[i] for i in ids]),
+        "srcc_gt_relative": spearman([scores[i] - scores[gt_of[i]] for i in rel], [-areas[i] for i in rel])
+        if rel
+        else float("nan"),
     }
 
 
