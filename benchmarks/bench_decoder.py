@@ -2,39 +2,77 @@
 
     python benchmarks/bench_decoder.py --threads 1 --rounds 15
     python benchmarks/bench_decoder.py --configs light light:8,16,48,96 res light:8,16,32,64:finest
+    python benchmarks/bench_decoder.py --configs light:8,16,32,64 light:8,16,32,64:input:shifts
 
-Each config is ``BLOCK[:W1,W2,...[:FUSION]]``: the decoder block body, the decoder widths finest first
-(empty: the default) and ``map_fusion`` (input unless given). Every round times, for each config, one
-batch of RM_0, one of the config's RM_N and one of RM_0 again; the overhead is the median over rounds of
-RM_N's time over the mean of the two RM_0 times around it (with quartiles), so slow spells on a shared
-machine cancel. By default the clock is the process's CPU time, which other jobs on the machine disturb
-less than elapsed time. ``--mode reward`` times a forward and backward pass to the input (the model used as
-a loss) instead of inference.
+Each config is ``BLOCK[:W1,W2,...[:FUSION[:KERNELS]]]``: the decoder block body, the decoder widths finest
+first (empty: the default), ``map_fusion`` (input unless given) and the inference kernels: ``fast`` (the
+library's: shifted multiply-adds for depthwise convolutions up to ``SHIFT_MAX_CHANNELS`` channels, the
+stencil for exact 2x upsampling), ``shifts`` (shifts at every width and PyTorch's upsampling: the kernels
+up to git 00d69dd) or ``torch`` (PyTorch's convolution and upsampling only).
+
+Every round times, for each config, one batch of RM_0, one of the config's RM_N and one of RM_0 again; the
+overhead is the median over rounds of RM_N's time over the mean of the two RM_0 times around it (with
+quartiles), so slow spells on a shared machine cancel. By default the clock is the process's CPU time, which
+other jobs on the machine disturb less than elapsed time. ``--mode reward`` times a forward and backward
+pass to the input (the model used as a loss) instead of inference.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from finpercep.rm import RewardModel, RMConfig
+from finpercep.rm import model as rm_model
+from finpercep.rm.model import DepthwiseConv3x3
+
+KERNELS = ("fast", "shifts", "torch")
 
 
-def parse_config(text: str) -> RMConfig:
+def parse_config(text: str) -> tuple[RMConfig, str]:
     block, _, rest = text.partition(":")
-    widths, _, fusion = rest.partition(":")
-    if block not in ("res", "light") or fusion not in ("", "input", "finest"):
-        raise SystemExit(f"config {text!r}: the block must be res or light, the fusion input or finest")
-    return RMConfig(
+    widths, _, rest = rest.partition(":")
+    fusion, _, kernels = rest.partition(":")
+    valid = block in ("res", "light") and fusion in ("", "input", "finest") and kernels in ("", *KERNELS)
+    if not valid:
+        raise SystemExit(
+            f"config {text!r}: the block must be res or light, the fusion input or finest, "
+            f"the kernels one of {', '.join(KERNELS)}"
+        )
+    cfg = RMConfig(
         decoder_block=block,
         decoder_widths=tuple(int(w) for w in widths.split(",") if w),
         map_fusion=fusion or "input",
     )
+    return cfg, kernels or "fast"
+
+
+def torch_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+@contextlib.contextmanager
+def kernels_of(model: RewardModel, kernels: str) -> Iterator[None]:
+    """Run ``model`` with the given inference kernels (see the module docstring)."""
+    for m in model.modules():
+        if isinstance(m, DepthwiseConv3x3):
+            fast = m.in_channels <= m.SHIFT_MAX_CHANNELS
+            m.use_shifts = {"fast": fast, "shifts": True, "torch": False}[kernels]
+    saved = rm_model.resize_bilinear
+    if kernels != "fast":
+        rm_model.resize_bilinear = torch_resize
+    try:
+        yield
+    finally:
+        rm_model.resize_bilinear = saved
 
 
 def main() -> None:
@@ -59,31 +97,34 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     models = {"RM_0": RewardModel(RMConfig(stage=0)).eval()}
+    kernels = {"RM_0": "fast"}
     for text in a.configs:
-        models[text] = RewardModel(parse_config(text)).eval()
+        cfg, kernels[text] = parse_config(text)
+        models[text] = RewardModel(cfg).eval()
     x = torch.rand(a.batch, 3, a.size, a.size, generator=torch.Generator().manual_seed(0))
 
-    def step(model: RewardModel) -> None:
+    def step(name: str) -> None:
+        model = models[name]
         if a.mode == "infer":
-            with torch.no_grad():
+            with torch.no_grad(), kernels_of(model, kernels[name]):
                 model(x)
         else:
             model(x.clone().requires_grad_(True)).score.sum().backward()
 
     clock = time.process_time if a.clock == "cpu" else time.perf_counter
 
-    def timed(model: RewardModel) -> float:
+    def timed(name: str) -> float:
         t0 = clock()
-        step(model)
+        step(name)
         return (clock() - t0) * 1000 / a.batch
 
-    for model in models.values():
-        step(model)  # warm-up
+    for name in models:
+        step(name)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in models}
     ratios: dict[str, list[float]] = {name: [] for name in a.configs}
     for _ in range(a.rounds):
         for name in a.configs:  # RM_0 right before and after each config: a paired ratio, drift cancels
-            before, t, after = timed(models["RM_0"]), timed(models[name]), timed(models["RM_0"])
+            before, t, after = timed("RM_0"), timed(name), timed("RM_0")
             times["RM_0"] += [before, after]
             times[name].append(t)
             ratios[name].append(2 * t / (before + after))
