@@ -14,17 +14,19 @@ Every round times, for each config, one batch of RM_0, one of the config's RM_N 
 overhead is the median over rounds of RM_N's time over the mean of the two RM_0 times around it (with
 quartiles), so slow spells on a shared machine cancel. By default the clock is the process's CPU time, which
 other jobs on the machine disturb less than elapsed time. ``--mode reward`` times a forward and backward
-pass to the input (the model used as a loss) instead of inference.
+pass to the input (the model used as a loss) instead of inference; ``--mode ops`` times each inference
+kernel against the PyTorch op it replaces, at the first config's shapes.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -75,10 +77,59 @@ def kernels_of(model: RewardModel, kernels: str) -> Iterator[None]:
         rm_model.resize_bilinear = saved
 
 
+def bench_ops(config: str, batch: int, size: int, rounds: int, out: Path | None) -> None:
+    """``--mode ops``: each inference kernel against the PyTorch op it replaces, at the shapes of the first
+    config's decoder: depthwise 3x3 per width (shifts vs. oneDNN) and bilinear upsampling (stencil vs.
+    ``F.interpolate``) of each block's 2x step and of its map logits to the input size. Reports the median
+    over rounds of the paired ratio PyTorch time / shift-or-stencil time (> 1: the replacement is faster)."""
+    cfg, _ = parse_config(config)
+    model = RewardModel(cfg).eval()
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        shapes = [tuple(f.shape[-2:]) for f in model.encoder(x)]
+    widths = model.decoder_widths
+    g = torch.Generator().manual_seed(1)
+    pairs: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {}
+    for level, (c, (h, w)) in enumerate(zip(widths, shapes, strict=True)):
+        dw = DepthwiseConv3x3(c)
+        feat = torch.randn(batch, c, h, w, generator=g)
+        dw.use_shifts = True
+        pairs[f"depthwise c={c} {h}x{w}"] = (
+            functools.partial(F.conv2d, feat, dw.weight, dw.bias, padding=1, groups=c),
+            functools.partial(dw, feat),
+        )
+        logit = torch.randn(batch, 1, h, w, generator=g)
+        pairs[f"logits {h}x{w} -> {size}x{size}"] = (
+            functools.partial(torch_resize, logit, (size, size)),
+            functools.partial(rm_model.upsample_integer, logit, size // h, size // w),
+        )
+        if level + 1 < len(widths):
+            coarse = torch.randn(batch, c, h // 2, w // 2, generator=g)
+            pairs[f"2x upsample c={c} {h // 2}x{w // 2}"] = (
+                functools.partial(torch_resize, coarse, (h, w)),
+                functools.partial(rm_model.upsample_integer, coarse, 2, 2),
+            )
+    ratios: dict[str, list[float]] = {name: [] for name in pairs}
+    with torch.no_grad():
+        for _ in range(rounds + 1):  # the first round warms up
+            for name, (ref, new) in pairs.items():
+                t0 = time.process_time()
+                ref()
+                t1 = time.process_time()
+                new()
+                t2 = time.process_time()
+                ratios[name].append((t1 - t0) / max(t2 - t1, 1e-9))
+    result = {name: statistics.median(v[1:]) for name, v in ratios.items()}
+    for name, r in result.items():
+        print(f"{name:34s} PyTorch / replacement = {r:5.2f}")
+    if out:
+        out.write_text(json.dumps({"mode": "ops", "config": config, "torch_over_new": result}, indent=2))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=["light:8,16,32,64", "light"])
-    p.add_argument("--mode", choices=["infer", "reward"], default="infer")
+    p.add_argument("--mode", choices=["infer", "reward", "ops"], default="infer")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--rounds", type=int, default=15)
@@ -96,6 +147,9 @@ def main() -> None:
         p.error("--rounds must be at least 2 (quartiles of the paired ratios)")
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.mode == "ops":
+        bench_ops(a.configs[0], a.batch, a.size, a.rounds, a.json)
+        return
     models = {"RM_0": RewardModel(RMConfig(stage=0)).eval()}
     kernels = {"RM_0": "fast"}
     for text in a.configs:

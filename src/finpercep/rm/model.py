@@ -250,9 +250,9 @@ def upsample_integer(x: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
 
 def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """``F.interpolate(x, size, mode="bilinear", align_corners=False)``. Upsampling by integer factors on
-    the CPU without autograd goes through :func:`upsample_integer`, two to three times faster there than
-    PyTorch's NCHW kernel (``benchmarks/bench_decoder.py``); small outputs stay with PyTorch, whose fixed
-    cost is lower."""
+    the CPU without autograd goes through :func:`upsample_integer`, faster there than PyTorch's NCHW kernel
+    (``benchmarks/bench_decoder.py --mode ops``); small outputs stay with PyTorch, whose fixed cost is
+    lower."""
     h, w = x.shape[-2:]
     sh, sw = size[0] // h, size[1] // w
     exact = (sh * h, sw * w) == tuple(size) and sh * sw > 1
@@ -264,9 +264,9 @@ def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 class DepthwiseConv3x3(nn.Conv2d):
     """``nn.Conv2d(c, c, 3, padding=1, groups=c)`` (same parameters). On the CPU without autograd
     (scoring, evaluation) and at most :attr:`SHIFT_MAX_CHANNELS` channels it runs as nine in-place shifted
-    multiply-adds, faster there than oneDNN's depthwise kernel, which wins from 16 channels on; with
-    autograd (training, a reward's gradient) it is always the convolution, whose backward is far faster
-    than that of the shifts."""
+    multiply-adds, faster there than oneDNN's depthwise kernel, which wins from 16 channels on
+    (``benchmarks/bench_decoder.py --mode ops``); with autograd (training, a reward's gradient) it is
+    always the convolution, whose backward is far faster than that of the shifts."""
 
     SHIFT_MAX_CHANNELS = 8
 
