@@ -4,7 +4,16 @@ import tifffile
 from PIL import Image
 
 from finpercep.errors import ImageError
-from finpercep.io import atomic_write_text, list_images, load_image, load_map16, save_map16, save_png
+from finpercep.io import (
+    atomic_path,
+    atomic_write_text,
+    list_images,
+    load_image,
+    load_map16,
+    remove_stale_temps,
+    save_map16,
+    save_png,
+)
 
 
 def _rgb(h=20, w=30, seed=0):
@@ -103,3 +112,17 @@ def test_list_images_recursive_sorted(tmp_path):
         "b/c.webp",
         "b/z.JPG",
     ]
+
+
+def test_remove_stale_temps_deletes_only_what_a_killed_write_left(tmp_path):
+    keep = [tmp_path / "a.png", tmp_path / ".hidden", tmp_path / "sub" / "b.tmp.png"]
+    for p in keep:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    killed = [atomic_path(tmp_path / "sub" / "c.png"), atomic_path(tmp_path / "state.pt")]
+    partial = [cm.__enter__() for cm in killed]  # never exited, as under SIGKILL
+    assert all(p.is_file() for p in partial)
+    assert remove_stale_temps(tmp_path) == 2
+    assert not any(p.exists() for p in partial)
+    assert all(p.is_file() for p in keep)
+    assert remove_stale_temps(tmp_path) == 0

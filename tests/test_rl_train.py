@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from finpercep.errors import FinPercepError
 from finpercep.gen import SRVGGNetCompact, load_ncnn_generator
-from finpercep.io import save_png
+from finpercep.io import atomic_path, save_png
 from finpercep.rl import RLConfig, build_generator, read_log, train
 from finpercep.rl.toy import darker_reward, redder_reward, tiny_reward_model
 
@@ -183,7 +183,10 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(assets: dict[str, P
     with pytest.raises(Killed):
         train(cfg, on_step=kill_at_5)
     assert torch.load(Path(cfg.out) / "state.pt", weights_only=False)["step"] == 3
+    partial = atomic_path(Path(cfg.out) / "state.pt")  # never exited: a SIGKILL mid-write
+    partial.__enter__().write_bytes(b"half a checkpoint")
     resumed = train(cfg)
+    assert not list(resumed.rglob(".*.tmp*"))  # the partial file was removed on resume
     for name in ("generator.safetensors", "generator_ema.safetensors"):
         a, b = load_file(str(whole / name)), load_file(str(resumed / name))
         assert a.keys() == b.keys()

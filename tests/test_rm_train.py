@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from finpercep.dist import fingerprint as weights_fingerprint
 from finpercep.errors import ConfigError, FinPercepError
+from finpercep.io import atomic_path
 from finpercep.rm import RewardModel, RMConfig
 from finpercep.rm import train as train_mod
 from finpercep.rm.dataset import ChainDataset, load_split, split_sources
@@ -308,9 +309,12 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
     if sampling == "hard":
         hard = torch.load(tmp_path / "b" / "state.pt", weights_only=False)["hardness"]
         assert np.isfinite(hard).sum() >= 2 and np.nanmax(hard) > 0
+    partial = atomic_path(tmp_path / "b" / "state.pt")  # never exited: a SIGKILL mid-write
+    partial.__enter__().write_bytes(b"half a checkpoint")
     monkeypatch.setattr(train_mod, "_save_state", real_save)
     monkeypatch.setattr(train_mod, "plot_curves", real_plot)
     train(cfg_b, TINY)
+    assert not list((tmp_path / "b").rglob(".*.tmp*"))  # the partial file was removed on resume
     hist = [json.loads(line) for line in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
     assert [(h["stage"], h["epoch"]) for h in hist] == [(0, 1), (0, 2), (1, 1), (1, 2)]  # nothing repeated
     for k in (0, 1):

@@ -17,7 +17,7 @@ from finpercep.data.degradation import DegradationConfig
 from finpercep.data.manifest import chains, merge, read_manifest
 from finpercep.data.synthesis import SynthesisConfig, build
 from finpercep.errors import ConfigError, FinPercepError
-from finpercep.io import load_image, load_map16
+from finpercep.io import atomic_path, load_image, load_map16
 
 FAST = dict(hr_size=64, sr_models=("bicubic", "lanczos"), seed=3)
 
@@ -105,9 +105,12 @@ def test_interrupted_build_resumes_to_same_manifest(small_build, tmp_path, monke
 
     out = tmp_path / "resumed"
     real_run = synthesis._Worker.run
+    in_flight = []  # kept alive: a process killed mid-write never leaves atomic_path's block
 
     def flaky(self, index, photo):
         if index == 1:
+            in_flight.append(atomic_path(self.out / "images" / "c000001" / "gt.png"))
+            in_flight[-1].__enter__().write_bytes(b"half a PNG")
             raise KeyboardInterrupt
         return real_run(self, index, photo)
 
@@ -115,6 +118,7 @@ def test_interrupted_build_resumes_to_same_manifest(small_build, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         build(_cfg(out, num=3), progress=False)
     assert (out / "records" / "c000000.json").is_file() and not (out / "records" / "c000001.json").exists()
+    assert len(list((out / "images" / "c000001").iterdir())) == 1  # the partial file
     monkeypatch.setattr(synthesis._Worker, "run", real_run)
     build(_cfg(out, num=3), progress=False)
     assert _files(out) == _files(small_build)

@@ -169,6 +169,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temps(folder: str | Path) -> int:
+    """Delete the temporary files (``.NAME.*.tmp*``) that :func:`atomic_path` leaves under ``folder`` when its
+    process is killed mid-write; returns how many. Call it when a job resumes, before it writes again (one
+    job per folder at a time: another job's file in flight would go too)."""
+    n = 0
+    for p in Path(folder).rglob(".*.tmp*"):
+        if p.is_file():
+            p.unlink()
+            n += 1
+    return n
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = False) -> None:
     """Write via a temporary file and ``os.replace``: a killed process never leaves a partial file.
 

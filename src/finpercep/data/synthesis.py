@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ..config import check, check_prob, from_dict, option, to_dict
 from ..errors import FinPercepError, ImageError
-from ..io import atomic_write_json, load_image, save_map16, save_png, to_uint8
+from ..io import atomic_write_json, load_image, remove_stale_temps, save_map16, save_png, to_uint8
 from .degradation import DegradationConfig, degrade
 from .gtmap import GTMapConfig, gt_degradation_maps
 from .manifest import BUILD_CONFIG, MANIFEST, read_manifest, write_manifest
@@ -378,6 +378,8 @@ def build(cfg: SynthesisConfig, *, progress: bool = True) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_or_write_config(cfg, out)
+    if stale := remove_stale_temps(out):
+        log.info("removed %d partial file(s) that a killed build left in %s", stale, out)
     photos = _photos(cfg)
     _check_photo_order(cfg, out, photos)
     tasks = list(_pending(cfg, out, photos))

@@ -45,7 +45,7 @@ from .. import dist as D
 from ..config import check, option, to_dict
 from ..ema import EMA
 from ..errors import FinPercepError
-from ..io import atomic_path, atomic_write_json, save_png
+from ..io import atomic_path, atomic_write_json, remove_stale_temps, save_png
 from .curriculum import Curriculum, CurriculumConfig, CurriculumKind, ScheduleKind
 from .data import DegradationKind, PairSource
 from .generators import GeneratorAdapter, build_adapter, export_generator, frozen_copy
@@ -408,6 +408,8 @@ def train(
     )
     out = Path(cfg.out)
     resuming = _check_resume(out, cfg)
+    if d.main and resuming and (stale := remove_stale_temps(out)):
+        logger.info("removed %d partial file(s) that a killed run left in %s", stale, out)
     D.barrier(d)
     if d.main and not resuming:
         out.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ from .. import dist as D
 from ..config import check, check_prob, option, to_dict
 from ..ema import EMA
 from ..errors import ConfigError, FinPercepError
-from ..io import atomic_path, atomic_write_json, atomic_write_text
+from ..io import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temps
 from .dataset import (
     ChainDataset,
     SampleDataset,
@@ -631,6 +631,8 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                 saved_model_cfg or model_cfg or RMConfig(init_seed=cfg.seed), stage=0
             )
             out.mkdir(parents=True, exist_ok=True)
+            if stale := remove_stale_temps(out):
+                logger.info("removed %d partial file(s) that a killed run left in %s", stale, out)
             atomic_write_json(out / "train_config.json", to_dict(cfg))
             atomic_write_json(out / "model_config.json", to_dict(model_cfg))
             split_info = {
