@@ -7,8 +7,8 @@
 Each config is ``BLOCK[:W1,W2,...[:FUSION[:KERNELS]]]``: the decoder block body, the decoder widths finest
 first (empty: the default), ``map_fusion`` (input unless given) and the inference kernels: ``fast`` (the
 library's: shifted multiply-adds for depthwise convolutions up to ``SHIFT_MAX_CHANNELS`` channels, the
-stencil for exact 2x upsampling), ``shifts`` (shifts at every width and PyTorch's upsampling: the kernels
-up to git 00d69dd) or ``torch`` (PyTorch's convolution and upsampling only).
+stencil for upsampling by integer factors), ``shifts`` (shifts at every width and PyTorch's upsampling: the
+kernels up to git 00d69dd) or ``torch`` (PyTorch's convolution and upsampling only).
 
 Every round times, for each config, one batch of RM_0, one of the config's RM_N and one of RM_0 again; the
 overhead is the median over rounds of RM_N's time over the mean of the two RM_0 times around it (with
