@@ -268,20 +268,38 @@ def test_growth_inside_training_keeps_the_anchor_scores(fake_data: Path, tmp_pat
 
 
 @pytest.mark.parametrize(
-    ("ema", "kill", "sampling"),
+    ("ema", "kill", "sampling", "keep"),
     [
-        (0.0, "state", "uniform"),
-        (0.8, "state", "uniform"),
-        (0.8, "stage_saved", "uniform"),
-        (0.0, "state", "hard"),
+        (0.0, "state", "uniform", "last"),
+        (0.8, "state", "uniform", "last"),
+        (0.8, "stage_saved", "uniform", "last"),
+        (0.0, "state", "hard", "last"),
+        (0.8, "state", "uniform", "best"),
+        (0.0, "stage_saved", "uniform", "best"),
     ],
 )
 def test_resume_after_a_kill_matches_an_uninterrupted_run(
-    fake_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema: float, kill: str, sampling: str
+    fake_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ema: float,
+    kill: str,
+    sampling: str,
+    keep: str,
 ) -> None:
     cfg_a = _cfg(
-        fake_data, tmp_path / "a", stages=1, epochs=(2,), curves="stage", ema=ema, chain_sampling=sampling
+        fake_data,
+        tmp_path / "a",
+        stages=1,
+        epochs=(2,),
+        curves="stage",
+        ema=ema,
+        chain_sampling=sampling,
+        keep=keep,
     )
+    if keep == "best":  # a score that only falls: every stage keeps its first epoch, not the one it ends on
+        falling = iter(range(100, 0, -1))
+        monkeypatch.setattr(train_mod, "selection_score", lambda val: float(next(falling)))
     train(cfg_a, TINY)
     real_save, real_plot = train_mod._save_state, train_mod.plot_curves
     calls = {"n": 0}
@@ -348,14 +366,15 @@ def test_non_finite_loss_names_the_batch(
 def test_two_process_ddp_training(fake_data: Path, tmp_path: Path) -> None:
     """torchrun with 2 CPU processes (gloo): replicas end identical and the losses are finite.
 
-    With hard chain sampling, whose second RM_1 epoch is drawn from map errors gathered from both processes.
+    With hard chain sampling, whose second RM_1 epoch is drawn from map errors gathered from both processes,
+    and ``--keep best``, whose choice of epoch the main process makes for both.
     """
     out = tmp_path / "ddp"
     args = (
         f"--data {fake_data} --out {out} --stages 1 --epochs 1 2 --batch-chains 2 --crop 48 --anchors 4 "
         "--anchor-batch 2 --val-sources tex_c --threads 1 --progress false --curves off --device cpu "
         "--model-cnn-widths 8 12 16 --model-cnn-blocks 1 1 1 --model-decoder-widths 4 8 8 "
-        "--model-head-hidden 8 --chain-sampling hard"
+        "--model-head-hidden 8 --chain-sampling hard --keep best"
     ).split()
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd = [*launcher, "-m", "finpercep.rm.train", *args]
@@ -370,6 +389,9 @@ def test_two_process_ddp_training(fake_data: Path, tmp_path: Path) -> None:
         assert weights_fingerprint(RewardModel.from_pretrained(out, stage=k)) == fps[0]
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert len(history) == 3 and all(np.isfinite(h["train"]["loss"]) for h in history)
+    rm1 = [h["val"] for h in history if h["stage"] == 1]
+    best = max(range(2), key=lambda i: (train_mod.selection_score(rm1[i]), -i))
+    assert json.loads((out / "stage_1" / "metrics.json").read_text())["epoch"] == best + 1
     # 8 training chains shared by 2 processes with 2 chains per step: 2 steps per epoch, not 4
     assert (
         "RM training on 8 train chains" in proc.stderr
@@ -442,6 +464,42 @@ def test_validation_with_a_weight_average_describes_the_saved_model(fake_data: P
         assert again["auroc"] == pytest.approx(saved["auroc"], abs=1e-6)
         other = RewardModel.from_pretrained(tmp_path / "plain", stage=k)
         assert weights_fingerprint(model) != weights_fingerprint(other)
+
+
+def test_selection_score_is_the_mean_of_the_targets_it_can_measure() -> None:
+    assert train_mod.selection_score({"auroc": 0.9, "triplet_acc": 0.6, "srcc": 0.3}) == pytest.approx(0.6)
+    assert train_mod.selection_score({"auroc": 0.9, "triplet_acc": float("nan"), "srcc": 0.5}) == 0.7
+    assert train_mod.selection_score({"srcc": float("nan")}) == float("-inf")
+
+
+def test_keep_best_saves_and_grows_from_the_best_validated_epoch(
+    fake_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rank the epochs by a score that only falls, so each stage keeps its first of three epochs
+    falling = iter(range(100, 0, -1))
+    monkeypatch.setattr(train_mod, "selection_score", lambda val: float(next(falling)))
+    cfg = _cfg(fake_data, tmp_path / "run", stages=1, epochs=(3,), curves="off", keep="best")
+    train(cfg, TINY)
+    hist = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    split = load_split(fake_data, ("tex_c",), 0.25)
+    chain_ids = [[s["id"] for s in c] for c in split.val_chains]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())["stages"]
+    for k in (0, 1):
+        metrics = json.loads((tmp_path / "run" / f"stage_{k}" / "metrics.json").read_text())
+        first, last = (h["val"] for h in hist if h["stage"] == k and h["epoch"] in (1, 3))
+        assert metrics["epoch"] == 1 and metrics["val"] == first == summary[f"stage_{k}"]
+        assert first["score_p01_p99"] != last["score_p01_p99"]  # the epochs differ, so the choice matters
+        model = RewardModel.from_pretrained(tmp_path / "run", stage=k)
+        again = train_mod.evaluate(model, fake_data, split.val_samples, chain_ids, cfg, torch.device("cpu"))
+        assert again["score_p01_p99"] == pytest.approx(first["score_p01_p99"], abs=1e-5)
+    # RM_1 grew from the kept RM_0: its anchor reference is the saved RM_0's anchor scores
+    rm0 = RewardModel.from_pretrained(tmp_path / "run", stage=0)
+    ds = train_mod.SampleDataset(fake_data, train_mod.pick_anchors(split, 4, 0), crop=48)
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
+    assert state["stage"] == 1
+    # the state keeps RM_1's first epoch; its anchors came from RM_0's first epoch at growth
+    torch.testing.assert_close(train_mod.anchor_scores(rm0, x, 8), state["anchor_ref"], rtol=0, atol=1e-6)
 
 
 def test_old_runs_resume_with_the_default_of_a_newer_option(fake_data: Path, tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ Output folder::
     state.pt                                         resume point, rewritten atomically after every epoch
     history.jsonl  curves.png                        per-epoch losses and validation metrics
     stage_<k>/config.json stage_<k>/model.safetensors  RM_k (load with RewardModel.from_pretrained)
-    stage_<k>/metrics.json  summary.json             final validation metrics (vs. the HF-energy baseline)
+    stage_<k>/metrics.json  summary.json             validation metrics of the saved epoch (vs. the HF-energy
+                                                     baseline): the last, or with --keep best the best one
 
 Re-running the same command continues after the last finished epoch. All randomness derives from
 ``seed`` and the (stage, epoch, step) position, so a resumed run is identical to an uninterrupted one.
@@ -87,6 +88,11 @@ class RMTrainConfig:
         0.0,
         help="decay per step of an exponential moving average of the weights (0: off); validation and the "
         "saved RM_k use the average, and RM_{k+1} grows from it",
+    )
+    keep: Literal["last", "best"] = option(
+        "last",
+        help="which epoch of each stage is saved as RM_k and grown from: last, or best = the epoch with the "
+        "highest mean of validation pixel AUROC, triplet accuracy and SRCC (the three targets)",
     )
     rank_pairs: Literal["chain", "crop_area"] = option(
         "chain",
@@ -185,6 +191,7 @@ class RMTrainConfig:
         check_prob("color_jitter", self.color_jitter)
         check(all(m >= 0 for m in self.margins), "margins must be >= 0")
         check(0.0 <= self.ema < 1.0, f"ema must be in [0, 1), got {self.ema}")
+        check(self.keep in ("last", "best"), f"keep must be last or best, got {self.keep!r}")
         check(
             self.rank_pairs in ("chain", "crop_area"),
             f"rank_pairs must be chain or crop_area, got {self.rank_pairs!r}",
@@ -570,6 +577,20 @@ def epoch_order(
     return order
 
 
+def selection_score(val: dict[str, Any]) -> float:
+    """What ``--keep best`` maximises: the mean of validation pixel AUROC, triplet accuracy and SRCC (NaNs
+    skipped; -inf if all are NaN). RM_0's AUROC is a constant 0.5, so there it ranks by the other two."""
+    vals = [float(val.get(k, float("nan"))) for k in ("auroc", "triplet_acc", "srcc")]
+    vals = [v for v in vals if math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else -math.inf
+
+
+def _snapshot(model: RewardModel, ema: EMA | None) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights validation saw (the averages, when on)."""
+    with ema.swapped_in(model) if ema is not None else contextlib.nullcontext():
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
 def _save_state(path: Path, state: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -707,8 +728,11 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
         resuming = state is not None and stage == start_stage
         saved = (out / f"stage_{stage}" / "metrics.json").is_file()
         if resuming and start_epoch >= cfg.epochs_for(stage) and saved:
-            # trained and saved before the restart: keep the files; RM_k was saved from the weight average
-            if state.get("ema") is not None:
+            # trained and saved before the restart: keep the files; RM_k was saved from the kept epoch's
+            # weights or from the weight average
+            if state.get("kept") is not None:
+                model.load_state_dict(state["kept"]["weights"])
+            elif state.get("ema") is not None:
                 model.load_state_dict({**model.state_dict(), **state["ema"]})
             state = None
             continue
@@ -739,6 +763,9 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
         ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
         if ema is not None and resuming and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
+        # --keep best: the best validated epoch so far ({"epoch", "score", "weights"}); every process keeps
+        # its own copy of its (identical) replica, on the main process's decision
+        kept: dict[str, Any] | None = state.get("kept") if resuming else None
         ddp = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
         train_ds.seed = int(np.random.SeedSequence([cfg.seed, stage]).generate_state(1)[0])
         total_steps = epochs * steps_per_epoch
@@ -850,6 +877,12 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                     val["srcc"],
                 )
             history.append(record)
+            if cfg.keep == "best":
+                # (without validation, kept stays None and the last epoch is saved)
+                score = selection_score(record["val"]) if "val" in record else -math.inf
+                better = "val" in record and (kept is None or score > kept["score"])
+                if D.gather_strings(d, "1" if better else "")[0]:
+                    kept = {"epoch": epoch + 1, "score": score, "weights": _snapshot(model, ema)}
             if d.main:
                 _save_state(
                     out / STATE_NAME,
@@ -860,6 +893,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                         "optimizer": opt.state_dict(),
                         "ema": ema.state_dict() if ema is not None else None,
                         "anchor_ref": anchor_ref,
+                        "kept": kept,
                         "hardness": hardness.copy(),
                         "history": history,
                         "baseline": baseline,
@@ -870,9 +904,13 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                     plot_curves(history, out / "curves.png", baseline["best"] if baseline else None)
             D.barrier(d)
 
-        # end of stage: check replicas agree, save RM_k (the weight average, when on)
+        # end of stage: check replicas agree, save RM_k (the kept epoch's weights, or the weight average)
         if ema is not None:
             ema.copy_to(model)
+        kept_epoch = epochs
+        if kept is not None:
+            model.load_state_dict(kept["weights"])
+            kept_epoch = kept["epoch"]
         if d.world > 1:
             for buf in model.buffers():  # BatchNorm statistics: DDP syncs them at each forward, not after
                 dist.broadcast(buf, 0)
@@ -880,7 +918,10 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
         if len(set(fingerprints)) != 1:
             raise FinPercepError(f"stage {stage}: model replicas differ across processes: {fingerprints}")
         if d.main:
-            last_val = next((h["val"] for h in reversed(history) if h["stage"] == stage and "val" in h), None)
+            last_val = next(
+                (h["val"] for h in history if (h["stage"], h["epoch"]) == (stage, kept_epoch) and "val" in h),
+                None,
+            )
             if last_val is not None:
                 lo, hi = last_val["score_p01_p99"]
                 model.config = dataclasses.replace(model.config, score_range=(round(lo, 4), round(hi, 4)))
@@ -889,6 +930,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                 stage_dir / "metrics.json",
                 {
                     "stage": stage,
+                    "epoch": kept_epoch,
                     "val": last_val,
                     "baseline": baseline,
                     "beats_baseline": beats(last_val, baseline["best"]) if last_val and baseline else None,
@@ -899,13 +941,14 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
             )
             if cfg.curves != "off" and history:
                 plot_curves(history, out / "curves.png", baseline["best"] if baseline else None)
-            logger.info("saved RM_%d to %s", stage, stage_dir)
+            logger.info("saved RM_%d (epoch %d of %d) to %s", stage, kept_epoch, epochs, stage_dir)
         D.barrier(d)
         state = None
 
     if d.main:
         summary = {
-            f"stage_{h['stage']}": h.get("val") for h in history if h["epoch"] == cfg.epochs_for(h["stage"])
+            f"stage_{k}": json.loads((out / f"stage_{k}" / "metrics.json").read_text()).get("val")
+            for k in range(cfg.stages + 1)
         }
         atomic_write_json(out / "summary.json", {"stages": summary, "baseline": baseline})
         if cfg.export:
