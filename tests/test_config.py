@@ -27,6 +27,7 @@ class Cfg:
     k: Literal[2, 4] = option(4, help="scale")
     rng: tuple[float, float] = option((0.1, 0.2), help="range")
     names: tuple[str, ...] = option(("x",), help="names")
+    modes: tuple[Literal["a", "b"], ...] = option(("a",), help="per-stage modes")
     flag: bool = option(False, help="flag")
     path: str | None = option(None, help="path")
 
@@ -56,19 +57,26 @@ def test_cli_generated_from_dataclass():
             "--names",
             "u",
             "v",
+            "--modes",
+            "b",
+            "a",
             "--flag",
             "true",
             "--path",
             "/tmp/x",
         ]
     )
-    assert cfg == Cfg(n=7, mode="b", k=2, rng=(0.2, 0.3), names=("u", "v"), flag=True, path="/tmp/x")
+    assert cfg == Cfg(
+        n=7, mode="b", k=2, rng=(0.2, 0.3), names=("u", "v"), modes=("b", "a"), flag=True, path="/tmp/x"
+    )
     assert _parse(["--path", "none"]).path is None
 
 
 def test_cli_rejects_bad_choice_and_validation_runs():
     with pytest.raises(SystemExit):
         _parse(["--mode", "c"])
+    with pytest.raises(SystemExit):
+        _parse(["--modes", "a", "c"])
     with pytest.raises(ConfigError, match="rng"):
         _parse(["--rng", "0.5", "0.1"])
 

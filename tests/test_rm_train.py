@@ -295,7 +295,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
         curves="stage",
         ema=ema,
         chain_sampling=sampling,
-        keep=keep,
+        keep=(keep,),
     )
     if keep == "best":  # a score that only falls: every stage keeps its first epoch, not the one it ends on
         falling = iter(range(100, 0, -1))
@@ -478,7 +478,7 @@ def test_keep_best_saves_and_grows_from_the_best_validated_epoch(
     # rank the epochs by a score that only falls, so each stage keeps its first of three epochs
     falling = iter(range(100, 0, -1))
     monkeypatch.setattr(train_mod, "selection_score", lambda val: float(next(falling)))
-    cfg = _cfg(fake_data, tmp_path / "run", stages=1, epochs=(3,), curves="off", keep="best")
+    cfg = _cfg(fake_data, tmp_path / "run", stages=1, epochs=(3,), curves="off", keep=("best",))
     train(cfg, TINY)
     hist = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     split = load_split(fake_data, ("tex_c",), 0.25)
@@ -500,6 +500,10 @@ def test_keep_best_saves_and_grows_from_the_best_validated_epoch(
     assert state["stage"] == 1
     # the state keeps RM_1's first epoch; its anchors came from RM_0's first epoch at growth
     torch.testing.assert_close(train_mod.anchor_scores(rm0, x, 8), state["anchor_ref"], rtol=0, atol=1e-6)
+    # per stage: early-stop RM_0 only
+    train(replace(cfg, out=str(tmp_path / "mixed"), keep=("best", "last")), TINY)
+    metrics = [json.loads((tmp_path / "mixed" / f"stage_{k}" / "metrics.json").read_text()) for k in (0, 1)]
+    assert [m["epoch"] for m in metrics] == [1, 3]
 
 
 def test_old_runs_resume_with_the_default_of_a_newer_option(fake_data: Path, tmp_path: Path) -> None:

@@ -87,7 +87,10 @@ def add_arguments(
             kw.update(choices=list(get_args(tp)), type=type(get_args(tp)[0]))
         elif origin is tuple:
             args = get_args(tp)
-            if len(args) == 2 and args[1] is Ellipsis:
+            if len(args) == 2 and args[1] is Ellipsis and get_origin(args[0]) is Literal:
+                choices = get_args(args[0])
+                kw.update(type=type(choices[0]), choices=list(choices), nargs="+")
+            elif len(args) == 2 and args[1] is Ellipsis:
                 kw.update(type=args[0], nargs="+")
             else:
                 kw.update(type=args[0], nargs=len(args))

@@ -89,10 +89,11 @@ class RMTrainConfig:
         help="decay per step of an exponential moving average of the weights (0: off); validation and the "
         "saved RM_k use the average, and RM_{k+1} grows from it",
     )
-    keep: Literal["last", "best"] = option(
-        "last",
-        help="which epoch of each stage is saved as RM_k and grown from: last, or best = the epoch with the "
-        "highest mean of validation pixel AUROC, triplet accuracy and SRCC (the three targets)",
+    keep: tuple[Literal["last", "best"], ...] = option(
+        ("last",),
+        help="per stage RM_0, RM_1, ... (the last value repeats), which epoch is saved as RM_k and grown "
+        "from: last, or best = the epoch with the highest mean of validation pixel AUROC, triplet accuracy "
+        "and SRCC (the three targets); e.g. best last: early-stop RM_0 only",
     )
     rank_pairs: Literal["chain", "crop_area"] = option(
         "chain",
@@ -191,7 +192,10 @@ class RMTrainConfig:
         check_prob("color_jitter", self.color_jitter)
         check(all(m >= 0 for m in self.margins), "margins must be >= 0")
         check(0.0 <= self.ema < 1.0, f"ema must be in [0, 1), got {self.ema}")
-        check(self.keep in ("last", "best"), f"keep must be last or best, got {self.keep!r}")
+        check(
+            1 <= len(self.keep) <= self.stages + 1 and all(k in ("last", "best") for k in self.keep),
+            f"keep needs 1 to stages+1={self.stages + 1} values, each last or best, got {self.keep}",
+        )
         check(
             self.rank_pairs in ("chain", "crop_area"),
             f"rank_pairs must be chain or crop_area, got {self.rank_pairs!r}",
@@ -214,6 +218,9 @@ class RMTrainConfig:
 
     def epochs_for(self, stage: int) -> int:
         return self.epochs[min(stage, len(self.epochs) - 1)]
+
+    def keep_for(self, stage: int) -> str:
+        return self.keep[min(stage, len(self.keep) - 1)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -877,7 +884,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                     val["srcc"],
                 )
             history.append(record)
-            if cfg.keep == "best":
+            if cfg.keep_for(stage) == "best":
                 # (without validation, kept stays None and the last epoch is saved)
                 score = selection_score(record["val"]) if "val" in record else -math.inf
                 better = "val" in record and (kept is None or score > kept["score"])
