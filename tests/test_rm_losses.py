@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from finpercep.rm.losses import (
     align_loss,
     cross_rank_loss,
+    level_loss,
     map_area_loss,
     map_bce_loss,
     map_l1_loss,
@@ -147,6 +148,25 @@ def test_cross_rank_loss_orders_roles_across_chains() -> None:
     valid = torch.tensor([[True] * 4, [False, True, True, True]])
     masked = cross_rank_loss(scores.detach(), (0.1, 0.1, 0.1), valid)
     assert float(masked) == pytest.approx((1.5 + 0.6 + 0.8) / 9)
+
+
+def test_level_loss_pulls_every_score_to_minus_its_degradation() -> None:
+    # two images whose ranks are right but whose levels are not: the hinge is silent, L_level is not
+    scores = torch.tensor([0.5, 0.3], requires_grad=True)
+    degradation = torch.tensor([0.0, 0.8], requires_grad=True)
+    loss = level_loss(scores, degradation, beta=0.05)
+    # Huber: |0.5 - 0| and |0.3 + 0.8| both exceed beta -> (0.5 - 0.025 + 1.1 - 0.025) / 2
+    assert float(loss.detach()) == pytest.approx((0.475 + 1.075) / 2)
+    loss.backward()
+    assert degradation.grad is None  # the target is fixed
+    assert scores.grad[0] > 0 and scores.grad[1] > 0  # both pushed down (descent goes against the gradient)
+    assert float(level_loss(torch.tensor([0.0, -0.8]), torch.tensor([0.0, 0.8]))) == 0.0
+    near = level_loss(torch.tensor([0.01]), torch.tensor([0.0]), beta=0.05)
+    assert float(near) == pytest.approx(0.5 * 0.01**2 / 0.05)  # quadratic inside beta
+    with pytest.raises(ValueError, match="beta"):
+        level_loss(scores, degradation, beta=0.0)
+    with pytest.raises(ValueError, match="shape"):
+        level_loss(torch.zeros(3), torch.zeros(2))
 
 
 def test_align_loss_is_mse_to_a_fixed_reference() -> None:

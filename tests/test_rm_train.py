@@ -433,6 +433,22 @@ def test_rank_pairs_crop_area_changes_what_training_ranks(fake_data: Path, tmp_p
         RMTrainConfig(rank_pairs="area")  # type: ignore[arg-type]
 
 
+def test_lambda_level_sets_the_score_level_by_the_amount_of_damage(fake_data: Path, tmp_path: Path) -> None:
+    kw = dict(stages=0, crop=32, batch_chains=4, max_steps_per_epoch=4, curves="off", lambda_align=0.0)
+    train(_cfg(fake_data, tmp_path / "off", epochs=(2,), **kw), TINY)
+    off = [json.loads(x) for x in (tmp_path / "off" / "history.jsonl").read_text().splitlines()]
+    assert all(h["train"]["l_level"] == 0.0 for h in off)
+    # ranking off, L_level alone: it is the only thing training, so it must fall
+    train(
+        _cfg(fake_data, tmp_path / "on", epochs=(6,), lambda_rank=0.0, lambda_level=1.0, lr=5e-3, **kw), TINY
+    )
+    on = [json.loads(x) for x in (tmp_path / "on" / "history.jsonl").read_text().splitlines()]
+    first, last = on[0]["train"]["l_level"], on[-1]["train"]["l_level"]
+    assert last < 0.75 * first, (first, last)
+    with pytest.raises(ConfigError, match="loss weights"):
+        RMTrainConfig(lambda_level=-1.0)
+
+
 def test_ema_swaps_the_averages_in_for_validation_and_back() -> None:
     from finpercep.ema import EMA
 

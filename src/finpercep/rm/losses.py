@@ -8,6 +8,8 @@
 * :func:`rank_loss` -- L_rank, hinge over every ordered pair of a ranking chain
   ``GT > small swap > large swap > SR`` with per-gap margins; :func:`cross_rank_loss` applies the same
   order across the chains of a batch. Both can skip pairs whose defect areas (in a crop) contradict it.
+* :func:`level_loss` -- L_level, a pointwise pull of each score towards minus the image's amount of
+  degradation (mean M_gt), which the hinges above stop asking for once their margins hold.
 * :func:`align_loss` -- L_align, squared distance of anchor-image scores to the previous stage's scores
   (relative to their spread), so the reward scale does not drift while the model grows.
 """
@@ -157,6 +159,27 @@ def cross_rank_loss(
     hinge = F.relu(margin - (s[:, None] - s[None, :]))
     w = pair.to(scores.dtype)
     return (hinge * w).sum() / w.sum().clamp_min(1.0)
+
+
+def level_loss(scores: torch.Tensor, degradation: torch.Tensor, *, beta: float = 0.05) -> torch.Tensor:
+    """L_level: smooth-L1 (Huber, ``beta``) distance of ``scores`` [B] to ``-degradation`` [B].
+
+    ``degradation`` is the amount of damage per image in [0, 1] (the trainer passes the mean of M_gt over
+    the training crop: 0 for a GT, about 0.1 for a small swap, most of 1 for a whole SR output). Ranking
+    hinges are satisfied by any order that clears the margins inside the compared set, so a defect the
+    model barely sees (a GAN texture that looks like detail) can keep a score near the clean images of
+    other crops; this term asks every image for the same level per unit of damage, whatever its content,
+    which is what SRCC(score, -defect area) across photos measures. It also fixes the score scale:
+    a GT scores near 0, a whole SR output near -mean(M_gt).
+    """
+    if scores.shape != degradation.shape or scores.ndim != 1:
+        raise ValueError(
+            f"need scores and degradation of one shape [B], got {tuple(scores.shape)} and "
+            f"{tuple(degradation.shape)}"
+        )
+    if beta <= 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    return F.smooth_l1_loss(scores, -degradation.detach().to(scores.dtype), beta=beta)
 
 
 def _check_areas(areas: torch.Tensor | None, scores: torch.Tensor) -> None:

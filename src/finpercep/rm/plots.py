@@ -9,7 +9,7 @@ from typing import Any
 
 from ..io import atomic_path
 
-LOSS_KEYS = ("loss", "l_map", "l_rank", "l_align")
+LOSS_KEYS = ("loss", "l_map", "l_rank", "l_align", "l_level")
 METRIC_KEYS = ("auroc", "cc", "kld", "sim", "nss", "auc_judd", "mse_clean", "triplet_acc", "srcc")
 
 

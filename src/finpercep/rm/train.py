@@ -51,7 +51,15 @@ from .dataset import (
     load_split,
     read_sample,
 )
-from .losses import align_loss, cross_rank_loss, map_area_loss, map_bce_loss, map_l1_loss, rank_loss
+from .losses import (
+    align_loss,
+    cross_rank_loss,
+    level_loss,
+    map_area_loss,
+    map_bce_loss,
+    map_l1_loss,
+    rank_loss,
+)
 from .metrics import MapMetricAccumulator, area_order, beats, hf_energy_map, misorder, score_metrics
 from .model import RewardModel, RMConfig, saved_rm_config
 from .plots import plot_curves, plot_misranked
@@ -83,6 +91,11 @@ class RMTrainConfig:
     lambda_rank: float = option(1.0, help="weight of L_rank (chain hinge)")
     cross_rank: float = option(
         1.0, help="weight, inside L_rank, of the same order across the chains of a batch"
+    )
+    lambda_level: float = option(
+        0.0,
+        help="weight of L_level (each score pulled towards -mean(M_gt) of its crop: one score level per "
+        "amount of damage across photos, which the ranking hinges stop asking for once their margins hold)",
     )
     ema: float = option(
         0.0,
@@ -181,6 +194,7 @@ class RMTrainConfig:
                 self.lambda_rank,
                 self.cross_rank,
                 self.lambda_align,
+                self.lambda_level,
                 self.map_bce,
                 self.map_area,
                 self.deep_supervision,
@@ -830,12 +844,23 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                     if a_idx is not None
                     else torch.zeros((), device=d.device)
                 )
-                loss = cfg.lambda_map * l_map + cfg.lambda_rank * l_rank + cfg.lambda_align * l_align
+                l_level = (
+                    level_loss(res.score[: c * k], target.mean(dim=(1, 2, 3)))
+                    if cfg.lambda_level > 0
+                    else torch.zeros((), device=d.device)
+                )
+                loss = (
+                    cfg.lambda_map * l_map
+                    + cfg.lambda_rank * l_rank
+                    + cfg.lambda_align * l_align
+                    + cfg.lambda_level * l_level
+                )
                 if not D.all_finite(d, loss):
                     raise FinPercepError(
                         f"non-finite loss at stage {stage}, epoch {epoch + 1}, step {step + 1} "
                         f"(rank {d.rank}): "
-                        f"L_map={l_map.item():.4g} L_rank={l_rank.item():.4g} L_align={l_align.item():.4g}; "
+                        f"L_map={l_map.item():.4g} L_rank={l_rank.item():.4g} L_align={l_align.item():.4g} "
+                        f"L_level={l_level.item():.4g}; "
                         f"batch samples: {[i for ids in batch['ids'] for i in ids]}"
                     )
                 opt.zero_grad(set_to_none=True)
@@ -851,7 +876,13 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
                     idx = torch.tensor(mine[step * bc : (step + 1) * bc]) % len(train_ds)
                     err_sum.index_add_(0, idx, err.cpu().double())
                     err_n.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float64))
-                for name, v in (("loss", loss), ("l_map", l_map), ("l_rank", l_rank), ("l_align", l_align)):
+                for name, v in (
+                    ("loss", loss),
+                    ("l_map", l_map),
+                    ("l_rank", l_rank),
+                    ("l_align", l_align),
+                    ("l_level", l_level),
+                ):
                     sums[name] = sums.get(name, 0.0) + float(v.detach())
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.2e}")
             bar.close()
