@@ -23,6 +23,7 @@ GOLDEN_CASES: tuple[tuple[str, int], ...] = (
     ("realsr-df2k", 4),
     ("realesrgan-animevideov3", 4),
     ("realesrgan-animevideov3", 2),
+    ("realcugan-x4", 4),
 )
 GOLDEN_SIZE = 16
 GOLDEN_TILE_PAD = 10
@@ -46,7 +47,18 @@ def golden_model(name: str, scale: int) -> NcnnSR:
     spec = sr_spec(name, scale)
     assert spec.package is not None and spec.model_file is not None
     param, weights = package_model_files(spec.package, spec.model_file)
-    return NcnnSR(param, weights, scale=scale, threads=1, tile_size=0, tile_pad=GOLDEN_TILE_PAD, name=name)
+    return NcnnSR(
+        param,
+        weights,
+        scale=scale,
+        threads=1,
+        tile_size=0,
+        tile_pad=GOLDEN_TILE_PAD,
+        name=name,
+        net_pad=spec.net_pad,
+        size_multiple=spec.size_multiple,
+        residual=spec.residual,
+    )
 
 
 def main() -> None:

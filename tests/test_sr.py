@@ -54,7 +54,7 @@ def anime() -> NcnnSR:
 
 def test_golden_files_cover_the_required_models() -> None:
     names = {p.stem for p in GOLDEN}
-    for name in ("realesrgan-x4plus_x4", "realsr-df2k_x4", "realesrgan-animevideov3_x4"):
+    for name in ("realesrgan-x4plus_x4", "realsr-df2k_x4", "realesrgan-animevideov3_x4", "realcugan-x4_x4"):
         assert f"sr_golden_{name}" in names
     assert all(p.stat().st_size < 100_000 for p in GOLDEN)
 
@@ -110,6 +110,26 @@ def test_tiling_rrdb_nearly_matches_untiled() -> None:
     assert diff.max() < 40 / 255 and diff.mean() < 3 / 255
 
 
+@pytest.mark.parametrize("shape", [(16, 16), (15, 17), (5, 3)])
+def test_realcugan_conventions(shape: tuple[int, int]) -> None:
+    """Odd sides are padded to even and cropped back; the network's residual is added to a nearest
+    upscaling (without it the output is centred on 0 and far from the input)."""
+    spec = sr_spec("realcugan-x4")
+    assert (spec.net_pad, spec.size_multiple, spec.residual) == (19, 2, "nearest")
+    lr = _pattern(*shape, seed=5)
+    out = get_sr_source("realcugan-x4", tile_size=0)(lr)
+    assert out.shape == (4 * shape[0], 4 * shape[1], 3)
+    down = cv2.resize(out, shape[::-1], interpolation=cv2.INTER_AREA)
+    assert _psnr(down, lr) > 16.0  # measured 17.8-21.6 dB (x4plus on the same inputs: 18.5-21.2)
+    param, weights = package_model_files(spec.package or "", spec.model_file or "")
+    bare = NcnnSR(param, weights, scale=4, tile_size=0, net_pad=19, size_multiple=2)  # residual missing
+    bare_down = cv2.resize(bare(np.clip(lr, 0.1, 0.9)), shape[::-1], interpolation=cv2.INTER_AREA)
+    assert _psnr(bare_down, lr) < 10.0  # measured 4.9-6.2 dB
+    no_pad = NcnnSR(param, weights, scale=4, tile_size=0, size_multiple=2, residual="nearest")
+    with pytest.raises(FinPercepError, match="REALCUGAN_SE_UP4X"):  # too small once the net crops
+        no_pad(lr)
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (2, 3), (5, 1), (7, 9)])
 def test_tiny_inputs_are_padded_and_cropped(shape: tuple[int, int]) -> None:
     sr = NcnnSR.from_package(*ANIME, scale=4, tile_size=4, tile_pad=0, min_size=8)
@@ -158,6 +178,12 @@ def test_construction_errors(tmp_path: Path) -> None:
         NcnnSR(param, weights, scale=4, tile_size=-1)
     with pytest.raises(FinPercepError, match="scale"):
         NcnnSR(param, weights, scale=0)
+    with pytest.raises(FinPercepError, match="net_pad"):
+        NcnnSR(param, weights, scale=4, net_pad=-1)
+    with pytest.raises(FinPercepError, match="size_multiple"):
+        NcnnSR(param, weights, scale=4, size_multiple=0)
+    with pytest.raises(FinPercepError, match="residual"):
+        NcnnSR(param, weights, scale=4, residual="bilinear")  # type: ignore[arg-type]
     with pytest.raises(FinPercepError, match="weights not found"):
         NcnnSR(param, tmp_path / "missing.bin", scale=4)
     with pytest.raises(FinPercepError, match="pip install"):
@@ -262,6 +288,10 @@ def test_registry_contents() -> None:
     assert kinds[("realsr-df2k", 4)] == ("ncnn", False)
     assert kinds[("realesrgan-animevideov3", 4)] == ("ncnn", False)
     assert kinds[("realesrgan-animevideov3", 2)] == ("ncnn", False)
+    assert kinds[("realcugan-x4", 4)] == ("ncnn", False) and kinds[("realcugan-x4-denoise", 4)] == (
+        "ncnn",
+        False,
+    )
     assert kinds[("bicubic", 4)] == ("interp", True) and kinds[("lanczos", 2)] == ("interp", True)
     assert sr_spec("realesrgan-animevideov3", 2).model_file == "REALESRGAN_ANIMAVIDEOV3_UP2X"
     for spec in SR_MODELS:

