@@ -21,6 +21,7 @@ from finpercep.rm.metrics import (
     misorder,
     nss,
     pairwise_accuracy,
+    role_separation,
     score_metrics,
     sim,
     spearman,
@@ -160,6 +161,20 @@ def test_area_order_counts_pairs_with_less_area_that_score_higher() -> None:
     pairs = [(j, i) for i in sub for j in range(30) if a[j] < a[i]]
     want = sum((s[j] > s[i]) + 0.5 * (s[j] == s[i]) for j, i in pairs) / len(pairs)
     assert area_order(s, a, sub) == pytest.approx(want)
+
+
+def test_role_separation_compares_roles_across_crops() -> None:
+    # two crops, each ordered gt > small > large > sr, but crop b sits 0.5 lower (its GT under a's large swap)
+    scores = {"a_gt": 1.0, "a_small": 0.9, "a_large": 0.6, "a_sr": 0.0, "b_gt": 0.5, "b_small": 0.4}
+    scores |= {"b_large": 0.1, "b_sr": -0.5}
+    roles = {k: k.split("_")[1] for k in scores}
+    sep = role_separation(scores, roles)
+    assert list(sep) == ["gt>small", "small>large", "large>sr"]
+    # gt>small pairs: (a_gt, a_small) yes, (a_gt, b_small) yes, (b_gt, a_small) no, (b_gt, b_small) yes
+    assert sep["gt>small"] == pytest.approx(3 / 4)
+    assert sep["small>large"] == pytest.approx(3 / 4)  # b_small < a_large
+    assert sep["large>sr"] == pytest.approx(4 / 4)
+    assert math.isnan(role_separation({"x": 1.0}, {"x": "gt"})["gt>small"])
 
 
 def test_hf_energy_map_highlights_texture() -> None:

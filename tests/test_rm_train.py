@@ -173,6 +173,8 @@ def test_staged_training_saves_every_stage(fake_data: Path, tmp_path: Path) -> N
     assert all(0.0 <= v["map"] <= 1.0 and 0.0 <= v["gt_map"] <= 1.0 for v in by_model.values())
     assert all(-1.0 <= v["srcc_without"] <= 1.0 for v in by_model.values())
     assert all(0.0 <= v["area_order"] <= 1.0 for v in by_model.values())
+    sep = held_out["model"]["role_separation"]
+    assert set(sep) == {"gt>small", "small>large", "large>sr"} and all(0.0 <= v <= 1.0 for v in sep.values())
     from finpercep.cli import main as cli_main
 
     assert (

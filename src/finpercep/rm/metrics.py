@@ -235,6 +235,26 @@ def area_order(
     return wins / pairs if pairs else float("nan")
 
 
+def role_separation(
+    scores: dict[str, float], roles: dict[str, str], order: Sequence[str] = ("gt", "small", "large", "sr")
+) -> dict[str, float]:
+    """For neighbouring roles of ``order``, the AUROC with which the better role outscores the worse one
+    over *all* samples, whatever crop they come from (``"gt>small"``: the share of (GT, small swap) pairs,
+    of any two crops, in which the GT scores higher; ties count half).
+
+    Triplet accuracy compares images of one crop; SRCC(score, -area) compares every image with every other,
+    and these AUROCs say which step of the ladder it loses on: a step whose score gap is small next to the
+    spread of scores from crop to crop has a low AUROC even when every chain is ordered.
+    """
+    out = {}
+    for better, worse in zip(order[:-1], order[1:], strict=True):
+        a = [v for k, v in scores.items() if roles.get(k) == better]
+        b = [v for k, v in scores.items() if roles.get(k) == worse]
+        labels = np.r_[np.ones(len(a), bool), np.zeros(len(b), bool)]
+        out[f"{better}>{worse}"] = auroc(np.r_[a, b], labels) if a and b else float("nan")
+    return out
+
+
 def misorder(scores: Sequence[float] | np.ndarray, areas: Sequence[float] | np.ndarray) -> np.ndarray:
     """Per sample, the share of the other samples that sit on the wrong side of it for SRCC(score, -area).
 

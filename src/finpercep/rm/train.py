@@ -60,7 +60,15 @@ from .losses import (
     map_l1_loss,
     rank_loss,
 )
-from .metrics import MapMetricAccumulator, area_order, beats, hf_energy_map, misorder, score_metrics
+from .metrics import (
+    MapMetricAccumulator,
+    area_order,
+    beats,
+    hf_energy_map,
+    misorder,
+    role_separation,
+    score_metrics,
+)
 from .model import RewardModel, RMConfig, saved_rm_config
 from .plots import plot_curves, plot_misranked
 
@@ -413,6 +421,7 @@ def evaluate(
     known = [c for c in chains if all(i in scores for i in c)]
     res: dict[str, Any] = {**acc.result(), **score_metrics(scores, known, areas)}
     res["score_mean_by_role"] = {r: float(np.mean(v)) for r, v in sorted(roles.items())}
+    res["role_separation"] = role_separation(scores, {i: role_of[i] for i in scores})
     # where the model is blind: per SR source, its whole-image output's mean score, mean map and mean M_gt,
     # the triplet accuracy of its chains, how its whole outputs sit in the global score-vs-area order
     # (area_order) and the SRCC over every sample but those of that source
