@@ -9,7 +9,10 @@ Pre/post-processing follows realesrgan-ncnn-vulkan and realsr-ncnn-vulkan: the n
 reflect-padded by ``tile_pad`` pixels ("prepadding"), and large inputs are processed in
 ``tile_size`` tiles that each carry ``tile_pad`` pixels of context on every side; the context is cropped
 from the tile output, so the tiled and untiled results differ only where the receptive field reaches
-beyond ``tile_pad``.
+beyond ``tile_pad``. Real-CUGAN's x4 networks differ in three ways, each a constructor argument set from
+the registry's :class:`~finpercep.sr.sources.SRSpec`: they crop 19 px of their own padding per side
+(``net_pad``), need even sides (``size_multiple``) and return a residual over the nearest-neighbour
+upscaled input (``residual="nearest"``), as in realcugan-ncnn-vulkan.
 
 Process safety: :class:`NcnnSR` pickles without its network and loads it lazily on first use, so it
 can be handed to ``multiprocessing`` workers ('spawn' or 'fork'). The ncnn wheel uses GNU OpenMP, which
