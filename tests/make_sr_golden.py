@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from finpercep.sr import NcnnSR, package_model_files, sr_spec
+from finpercep.sr import NcnnSource, NcnnSR, sr_spec
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 GOLDEN_CASES: tuple[tuple[str, int], ...] = (
@@ -44,21 +44,8 @@ def golden_input(size: int = GOLDEN_SIZE) -> np.ndarray:
 
 
 def golden_model(name: str, scale: int) -> NcnnSR:
-    spec = sr_spec(name, scale)
-    assert spec.package is not None and spec.model_file is not None
-    param, weights = package_model_files(spec.package, spec.model_file)
-    return NcnnSR(
-        param,
-        weights,
-        scale=scale,
-        threads=1,
-        tile_size=0,
-        tile_pad=GOLDEN_TILE_PAD,
-        name=name,
-        net_pad=spec.net_pad,
-        size_multiple=spec.size_multiple,
-        residual=spec.residual,
-    )
+    """The registry's ncnn model, untiled, with the golden settings (the spec supplies its conventions)."""
+    return NcnnSource(sr_spec(name, scale), threads=1, tile_size=0, tile_pad=GOLDEN_TILE_PAD).model
 
 
 def main() -> None:
