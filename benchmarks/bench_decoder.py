@@ -5,17 +5,19 @@
     python benchmarks/bench_decoder.py --configs light:8,16,32,64 light:8,16,32,64:input:shifts
 
 Each config is ``BLOCK[:W1,W2,...[:FUSION[:KERNELS]]]``: the decoder block body, the decoder widths finest
-first (empty: the default), ``map_fusion`` (input unless given) and the inference kernels: ``fast`` (the
-library's: shifted multiply-adds for depthwise convolutions up to ``SHIFT_MAX_CHANNELS`` channels, the
-stencil for upsampling by integer factors), ``shifts`` (shifts at every width and PyTorch's upsampling: the
-kernels up to git 00d69dd) or ``torch`` (PyTorch's convolution and upsampling only).
+first (empty: the default), ``map_fusion`` (input unless given) and the kernels: ``fast`` (the library's:
+shifted multiply-adds for depthwise convolutions up to ``SHIFT_MAX_CHANNELS`` channels, the stencil for
+upsampling by integer factors, each with its adjoint as the backward pass), ``shifts`` (shifts at every
+width and PyTorch's upsampling: the kernels up to git 00d69dd) or ``torch`` (PyTorch's convolution and
+upsampling only).
 
 Every round times, for each config, one batch of RM_0, one of the config's RM_N and one of RM_0 again; the
 overhead is the median over rounds of RM_N's time over the mean of the two RM_0 times around it (with
 quartiles), so slow spells on a shared machine cancel. By default the clock is the process's CPU time, which
 other jobs on the machine disturb less than elapsed time. ``--mode reward`` times a forward and backward
-pass to the input (the model used as a loss) instead of inference; ``--mode ops`` times each inference
-kernel against the PyTorch op it replaces, at the first config's shapes.
+pass to the input with the parameters frozen (the model used as a reward or loss, as the RL loop holds it)
+instead of inference; ``--mode ops`` times each kernel against the PyTorch op it replaces, at the first
+config's shapes, without autograd and as forward + backward to the input (frozen weights).
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from finpercep.rm import RewardModel, RMConfig
+from finpercep.rm import kernels as rm_kernels
 from finpercep.rm import model as rm_model
-from finpercep.rm.model import DepthwiseConv3x3
+from finpercep.rm.kernels import DepthwiseConv3x3
 
 KERNELS = ("fast", "shifts", "torch")
 
@@ -77,53 +80,73 @@ def kernels_of(model: RewardModel, kernels: str) -> Iterator[None]:
         rm_model.resize_bilinear = saved
 
 
+Op = Callable[[torch.Tensor], torch.Tensor]
+
+
 def bench_ops(config: str, batch: int, size: int, rounds: int, out: Path | None) -> None:
-    """``--mode ops``: each inference kernel against the PyTorch op it replaces, at the shapes of the first
-    config's decoder: depthwise 3x3 per width (shifts vs. oneDNN) and bilinear upsampling (stencil vs.
-    ``F.interpolate``) of each block's 2x step and of its map logits to the input size. Reports the median
-    over rounds of the paired ratio PyTorch time / shift-or-stencil time (> 1: the replacement is faster)."""
+    """``--mode ops``: each kernel against the PyTorch op it replaces, at the shapes of the first config's
+    decoder: depthwise 3x3 per width (shifts vs. oneDNN, frozen weights) and bilinear upsampling (stencil
+    vs. ``F.interpolate``) of each block's 2x step and of its map logits to the input size; without
+    autograd and as forward + backward to the input. Reports the median over rounds of the paired ratio
+    PyTorch time / shift-or-stencil time (> 1: the replacement is faster)."""
     cfg, _ = parse_config(config)
-    model = RewardModel(cfg).eval()
+    model = RewardModel(cfg).eval().requires_grad_(False)
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         shapes = [tuple(f.shape[-2:]) for f in model.encoder(x)]
     widths = model.decoder_widths
     g = torch.Generator().manual_seed(1)
-    pairs: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {}
+    pairs: dict[str, tuple[Op, Op, torch.Tensor]] = {}
     for level, (c, (h, w)) in enumerate(zip(widths, shapes, strict=True)):
-        dw = DepthwiseConv3x3(c)
-        feat = torch.randn(batch, c, h, w, generator=g)
+        dw = DepthwiseConv3x3(c).requires_grad_(False)
         dw.use_shifts = True
         pairs[f"depthwise c={c} {h}x{w}"] = (
-            functools.partial(F.conv2d, feat, dw.weight, dw.bias, padding=1, groups=c),
-            functools.partial(dw, feat),
+            functools.partial(F.conv2d, weight=dw.weight, bias=dw.bias, padding=1, groups=c),
+            dw,
+            torch.randn(batch, c, h, w, generator=g),
         )
-        logit = torch.randn(batch, 1, h, w, generator=g)
         pairs[f"logits {h}x{w} -> {size}x{size}"] = (
-            functools.partial(torch_resize, logit, (size, size)),
-            functools.partial(rm_model.upsample_integer, logit, size // h, size // w),
+            functools.partial(torch_resize, size=(size, size)),
+            functools.partial(rm_kernels.upsample_integer, sh=size // h, sw=size // w),
+            torch.randn(batch, 1, h, w, generator=g),
         )
         if level + 1 < len(widths):
-            coarse = torch.randn(batch, c, h // 2, w // 2, generator=g)
             pairs[f"2x upsample c={c} {h // 2}x{w // 2}"] = (
-                functools.partial(torch_resize, coarse, (h, w)),
-                functools.partial(rm_model.upsample_integer, coarse, 2, 2),
+                functools.partial(torch_resize, size=(h, w)),
+                functools.partial(rm_kernels.upsample_integer, sh=2, sw=2),
+                torch.randn(batch, c, h // 2, w // 2, generator=g),
             )
-    ratios: dict[str, list[float]] = {name: [] for name in pairs}
-    with torch.no_grad():
-        for _ in range(rounds + 1):  # the first round warms up
-            for name, (ref, new) in pairs.items():
-                t0 = time.process_time()
-                ref()
-                t1 = time.process_time()
-                new()
-                t2 = time.process_time()
-                ratios[name].append((t1 - t0) / max(t2 - t1, 1e-9))
+    modes = ("infer", "fwd+bwd")
+    ratios: dict[str, list[float]] = {f"{name} [{mode}]": [] for name in pairs for mode in modes}
+    for _ in range(rounds + 1):  # the first round warms up
+        for name, (ref, new, inp) in pairs.items():
+            with torch.no_grad():
+                ratios[f"{name} [infer]"].append(_paired_ratio(functools.partial(_apply, x=inp), ref, new))
+            run = functools.partial(_with_backward, x=inp)
+            ratios[f"{name} [fwd+bwd]"].append(_paired_ratio(run, ref, new))
     result = {name: statistics.median(v[1:]) for name, v in ratios.items()}
     for name, r in result.items():
-        print(f"{name:34s} PyTorch / replacement = {r:5.2f}")
+        print(f"{name:44s} PyTorch / replacement = {r:5.2f}")
     if out:
         out.write_text(json.dumps({"mode": "ops", "config": config, "torch_over_new": result}, indent=2))
+
+
+def _paired_ratio(run: Callable[[Op], object], ref: Op, new: Op) -> float:
+    t0 = time.process_time()
+    run(ref)
+    t1 = time.process_time()
+    run(new)
+    t2 = time.process_time()
+    return (t1 - t0) / max(t2 - t1, 1e-9)
+
+
+def _apply(op: Op, x: torch.Tensor) -> None:
+    op(x)
+
+
+def _with_backward(op: Op, x: torch.Tensor) -> None:
+    """``op`` on a copy of ``x`` that requires grad, then the backward pass to that copy."""
+    op(x.clone().requires_grad_(True)).sum().backward()
 
 
 def main() -> None:
@@ -155,15 +178,18 @@ def main() -> None:
     for text in a.configs:
         cfg, kernels[text] = parse_config(text)
         models[text] = RewardModel(cfg).eval()
+    for model in models.values():
+        model.requires_grad_(a.mode != "reward")  # a reward's parameters are frozen (RMScoreReward)
     x = torch.rand(a.batch, 3, a.size, a.size, generator=torch.Generator().manual_seed(0))
 
     def step(name: str) -> None:
         model = models[name]
-        if a.mode == "infer":
-            with torch.no_grad(), kernels_of(model, kernels[name]):
-                model(x)
-        else:
-            model(x.clone().requires_grad_(True)).score.sum().backward()
+        with kernels_of(model, kernels[name]):
+            if a.mode == "infer":
+                with torch.no_grad():
+                    model(x)
+            else:
+                model(x.clone().requires_grad_(True)).score.sum().backward()
 
     clock = time.process_time if a.clock == "cpu" else time.perf_counter
 

@@ -6,7 +6,8 @@
     python benchmarks/bench_rm.py --encoders small_cnn --decoder-block light --decoder-widths 8 16 48 96
 
 Each (encoder, stage, mode) runs in its own subprocess so the peak-memory numbers do not mix. Modes:
-``infer`` (no grad) and ``reward`` (forward + backward to the input, as when the model is a loss).
+``infer`` (no grad) and ``reward`` (forward + backward to the input with the parameters frozen, as when
+the model is a reward or a loss).
 CLIP RN50 uses random weights (timing only). Peak memory is the growth of the process's peak RSS
 during the timed loop on CPU (``torch.cuda.max_memory_allocated`` on GPU).
 """
@@ -53,6 +54,7 @@ def run_one(
     if stage == "0":
         model = RewardModel(replace(cfg, stage=0)).to(device).eval()
     params = sum(p.numel() for p in model.parameters())
+    model.requires_grad_(False)  # a reward's parameters are frozen (RMScoreReward); inference needs none
     x = torch.rand(batch, 3, size, size, device=device)
 
     def step() -> None:

@@ -13,13 +13,7 @@ import torch
 from finpercep.errors import ConfigError, FinPercepError
 from finpercep.io import save_png
 from finpercep.rm import RewardModel, RMConfig, RMInputError, RMOutput
-from finpercep.rm.model import (
-    DepthwiseConv3x3,
-    default_checkpoint_dir,
-    resize_bilinear,
-    saved_rm_config,
-    upsample_integer,
-)
+from finpercep.rm.model import default_checkpoint_dir, saved_rm_config
 
 TINY = RMConfig(cnn_widths=(8, 12, 16), cnn_blocks=(1, 1, 1), head_hidden=8, decoder_widths=(4, 8, 8))
 
@@ -65,60 +59,25 @@ def test_every_block_logits_end_with_the_eval_logits(fusion: str) -> None:
     assert not torch.allclose(trained[0], trained[-1])
 
 
-@pytest.mark.parametrize(("c", "size"), [(6, (5, 7)), (6, (32, 33)), (8, (9, 9)), (16, (12, 10))])
-def test_depthwise_conv_equals_the_grouped_convolution_with_and_without_autograd(
-    c: int, size: tuple[int, int]
-) -> None:
-    torch.manual_seed(0)
-    dw = DepthwiseConv3x3(c)
-    assert dw.use_shifts == (c <= DepthwiseConv3x3.SHIFT_MAX_CHANNELS)
-    x = torch.randn(2, c, *size)
-    want = torch.nn.functional.conv2d(x, dw.weight, dw.bias, padding=1, groups=c)
-    with torch.no_grad():
-        fast = dw(x)  # the shifted multiply-adds up to SHIFT_MAX_CHANNELS
-    torch.testing.assert_close(fast, want, rtol=1e-5, atol=1e-5)
-    xg = x.clone().requires_grad_(True)
-    dw(xg).square().sum().backward()
-    ref = x.clone().requires_grad_(True)
-    torch.nn.functional.conv2d(ref, dw.weight, dw.bias, padding=1, groups=c).square().sum().backward()
-    assert xg.grad is not None and ref.grad is not None
-    torch.testing.assert_close(xg.grad, ref.grad)
-
-
-@pytest.mark.parametrize(
-    ("shape", "factors"),
-    [((2, 3, 5, 7), (2, 2)), ((1, 2, 6, 4), (3, 1)), ((1, 1, 16, 16), (16, 16)), ((2, 1, 1, 9), (4, 2))],
-)
-def test_integer_upsampling_equals_torch_bilinear(shape: tuple[int, ...], factors: tuple[int, int]) -> None:
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
-    want = torch.nn.functional.interpolate(x, scale_factor=factors, mode="bilinear", align_corners=False)
-    torch.testing.assert_close(upsample_integer(x, *factors), want, rtol=0, atol=2e-6)
-
-
-@pytest.mark.parametrize("size", [(64, 64), (256, 256), (96, 50), (70, 64)])
-def test_resize_bilinear_equals_interpolate_on_every_path(size: tuple[int, int]) -> None:
-    """Integer factors with a large output take the stencil (no autograd), others PyTorch; same values."""
-    x = torch.randn(2, 8, 32, 32, generator=torch.Generator().manual_seed(2))
-    want = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    with torch.no_grad():
-        fast = resize_bilinear(x, size)
-    torch.testing.assert_close(fast, want, rtol=0, atol=2e-6)
-    xg = x.clone().requires_grad_(True)
-    out = resize_bilinear(xg, size)  # autograd: PyTorch's kernel, so gradients flow
-    out.sum().backward()
-    assert xg.grad is not None and torch.isfinite(xg.grad).all()
-
-
 def test_inference_kernels_give_the_autograd_forward() -> None:
-    """No-grad scoring (shifts, stencil upsampling) and a reward's differentiable forward agree."""
+    """No-grad scoring, a frozen reward's pass (shifts and stencil with their adjoints) and a training pass
+    (oneDNN's depthwise convolution) agree on the outputs and on the gradient to the input."""
     model = RewardModel(replace(TINY, decoder_widths=(8, 16, 16), decoder_block="light")).eval()
     _perturb(model, seed=5)
     x = _x(2, 256, 192)  # large enough that every upsampling takes the stencil
     with torch.no_grad():
         fast = model(x)
-    slow = model(x.clone().requires_grad_(True))
-    torch.testing.assert_close(fast.score, slow.score.detach(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fast.map, slow.map.detach(), rtol=1e-5, atol=1e-5)
+    grads = []
+    for frozen in (False, True):
+        for p in model.parameters():
+            p.requires_grad_(not frozen)
+        xg = x.clone().requires_grad_(True)
+        out = model(xg)
+        torch.testing.assert_close(fast.score, out.score.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast.map, out.map.detach(), rtol=1e-5, atol=1e-5)
+        (out.score.sum() + out.map.mean()).backward()
+        grads.append(xg.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)
 
 
 def test_map_fusion_places_the_sum_of_the_block_logits() -> None:

@@ -55,6 +55,7 @@ from ..config import check, from_dict, option, to_dict
 from ..errors import FinPercepError
 from ..io import atomic_path, atomic_write_json, load_image
 from .encoders import ENCODERS, Encoder, ResBlock, build_encoder, norm_layer
+from .kernels import DepthwiseConv3x3, resize_bilinear
 
 logger = logging.getLogger(__name__)
 
@@ -218,74 +219,6 @@ def check_image_batch(x: Any) -> torch.Tensor:
         hint = " (was it normalised to [-1, 1] or left in [0, 255]?)" if lo_f < -0.5 or hi_f > 2 else ""
         raise RMInputError(f"expected values in [0, 1], got range [{lo_f:.4g}, {hi_f:.4g}]{hint}")
     return x
-
-
-def _fast_cpu_path(x: torch.Tensor) -> bool:
-    """Whether an inference-only CPU kernel may replace a PyTorch op (no autograd: it writes in place)."""
-    return x.device.type == "cpu" and not torch.is_grad_enabled()
-
-
-def _lerp_phases(x: torch.Tensor, dim: int, s: int) -> torch.Tensor:
-    """Bilinear (align_corners=False) upsampling of ``x`` by the integer ``s`` along ``dim`` (-1 or -2):
-    output phase p of source pixel i is the lerp from x[i] towards x[i -/+ 1] by |(p + 1/2)/s - 1/2|, with
-    the edges replicated."""
-    pad = (1, 1, 0, 0) if dim == -1 else (0, 0, 1, 1)
-    xp = F.pad(x, pad, mode="replicate")
-    n = xp.shape[dim] - 2
-    centre, before, after = (xp.narrow(dim, k, n) for k in (1, 0, 2))
-    out = x.new_empty(*x.shape[: x.ndim + dim + 1], s, *x.shape[x.ndim + dim + 1 :])
-    for p in range(s):
-        off = (p + 0.5) / s - 0.5
-        torch.lerp(centre, before if off < 0 else after, abs(off), out=out.select(dim, p))
-    shape = list(x.shape)
-    shape[dim] *= s
-    return out.view(shape)
-
-
-def upsample_integer(x: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
-    """``F.interpolate(x, scale_factor=(sh, sw), mode="bilinear", align_corners=False)`` for integer
-    factors, as one pass per axis. Not differentiable (it writes through ``out=``)."""
-    return _lerp_phases(_lerp_phases(x, -1, sw), -2, sh)
-
-
-def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """``F.interpolate(x, size, mode="bilinear", align_corners=False)``. Upsampling by integer factors on
-    the CPU without autograd goes through :func:`upsample_integer`, faster there than PyTorch's NCHW kernel
-    (``benchmarks/bench_decoder.py --mode ops``); small outputs stay with PyTorch, whose fixed cost is
-    lower."""
-    h, w = x.shape[-2:]
-    sh, sw = size[0] // h, size[1] // w
-    exact = (sh * h, sw * w) == tuple(size) and sh * sw > 1
-    if exact and x[0].numel() * sh * sw >= 1 << 14 and _fast_cpu_path(x):  # per image: batch-independent
-        return upsample_integer(x, sh, sw)
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-
-
-class DepthwiseConv3x3(nn.Conv2d):
-    """``nn.Conv2d(c, c, 3, padding=1, groups=c)`` (same parameters). On the CPU without autograd
-    (scoring, evaluation) and at most :attr:`SHIFT_MAX_CHANNELS` channels it runs as nine in-place shifted
-    multiply-adds, faster there than oneDNN's depthwise kernel, which wins from 16 channels on
-    (``benchmarks/bench_decoder.py --mode ops``); with autograd (training, a reward's gradient) it is
-    always the convolution, whose backward is far faster than that of the shifts."""
-
-    SHIFT_MAX_CHANNELS = 8
-
-    def __init__(self, c: int) -> None:
-        super().__init__(c, c, 3, padding=1, groups=c)
-        self.use_shifts = c <= self.SHIFT_MAX_CHANNELS
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias
-        if not (self.use_shifts and _fast_cpu_path(x)) or bias is None:
-            return super().forward(x)
-        h, w = x.shape[-2:]
-        xp = F.pad(x, (1, 1, 1, 1))
-        k = self.weight[:, 0]
-        out = bias.view(1, -1, 1, 1).expand_as(x).clone()
-        for i in range(3):
-            for j in range(3):
-                out.addcmul_(xp[:, :, i : i + h, j : j + w], k[:, i, j].view(1, -1, 1, 1))
-        return out
 
 
 class LightBlock(nn.Module):

@@ -1,0 +1,92 @@
+"""The decoder's CPU kernels equal the PyTorch ops they replace: values, gradients, second derivatives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from finpercep.rm.kernels import UPSAMPLE_MIN_OUTPUT, DepthwiseConv3x3, resize_bilinear, upsample_integer
+
+FACTOR_CASES = [
+    ((2, 3, 5, 7), (2, 2)),
+    ((1, 2, 6, 4), (3, 1)),
+    ((1, 1, 16, 16), (16, 16)),
+    ((2, 1, 1, 9), (4, 2)),
+]
+
+
+@pytest.mark.parametrize(("c", "size"), [(6, (5, 7)), (6, (32, 33)), (8, (9, 9)), (16, (12, 10))])
+def test_depthwise_conv_equals_the_grouped_convolution(c: int, size: tuple[int, int]) -> None:
+    """Shifts without autograd and with frozen weights (their backward: the flipped stencil), the
+    convolution when the weights need a gradient; every path gives the convolution's output and input
+    gradient."""
+    torch.manual_seed(0)
+    dw = DepthwiseConv3x3(c)
+    assert dw.use_shifts == (c <= DepthwiseConv3x3.SHIFT_MAX_CHANNELS)
+    x = torch.randn(2, c, *size)
+    g = torch.randn(2, c, *size)
+    ref = x.clone().requires_grad_(True)
+    want = F.conv2d(ref, dw.weight.detach(), dw.bias.detach(), padding=1, groups=c)
+    want.backward(g)
+    with torch.no_grad():
+        torch.testing.assert_close(dw(x), want.detach(), rtol=1e-5, atol=1e-5)
+    for frozen in (False, True):
+        dw.requires_grad_(not frozen)
+        dw.zero_grad(set_to_none=True)
+        xg = x.clone().requires_grad_(True)
+        out = dw(xg)
+        out.backward(g)
+        torch.testing.assert_close(out.detach(), want.detach(), rtol=1e-5, atol=1e-5)
+        assert xg.grad is not None and ref.grad is not None
+        torch.testing.assert_close(xg.grad, ref.grad, rtol=1e-5, atol=1e-5)
+        assert (dw.weight.grad is None) == frozen
+
+
+def test_frozen_depthwise_shifts_pass_gradcheck_and_gradgradcheck() -> None:
+    dw = DepthwiseConv3x3(4).double().requires_grad_(False)
+    x = torch.randn(2, 4, 6, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(dw, (x,))
+    assert torch.autograd.gradgradcheck(lambda t: dw(t).square(), (x,))
+
+
+@pytest.mark.parametrize(("shape", "factors"), FACTOR_CASES)
+def test_integer_upsampling_equals_torch_bilinear(shape: tuple[int, ...], factors: tuple[int, int]) -> None:
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    want = F.interpolate(x, scale_factor=factors, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(upsample_integer(x, *factors), want, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize(("shape", "factors"), [*FACTOR_CASES, ((2, 2, 3, 3), (5, 3))])
+def test_integer_upsampling_gradient_is_torch_bilinear_gradient(
+    shape: tuple[int, ...], factors: tuple[int, int]
+) -> None:
+    """The adjoint stencil is the backward of F.interpolate, including the replicated edges and one-pixel
+    axes; it passes gradcheck and gradgradcheck (it is built from differentiable ops)."""
+    x = torch.randn(
+        *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3), requires_grad=True
+    )
+    ref = F.interpolate(x, scale_factor=factors, mode="bilinear", align_corners=False)
+    g = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    (want,) = torch.autograd.grad(ref, x, g)
+    (got,) = torch.autograd.grad(upsample_integer(x, *factors), x, g)
+    torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(lambda t: upsample_integer(t, *factors), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: upsample_integer(t, *factors).square(), (x,))
+
+
+@pytest.mark.parametrize("size", [(64, 64), (256, 256), (96, 50), (70, 64)])
+def test_resize_bilinear_equals_interpolate_on_every_path(size: tuple[int, int]) -> None:
+    """Integer factors with a large output take the stencil, others PyTorch; same values and gradients."""
+    x = torch.randn(2, 8, 32, 32, generator=torch.Generator().manual_seed(2))
+    assert (8 * 64 * 64 >= UPSAMPLE_MIN_OUTPUT) and (8 * 96 * 50 >= UPSAMPLE_MIN_OUTPUT)
+    ref = x.clone().requires_grad_(True)
+    want = F.interpolate(ref, size=size, mode="bilinear", align_corners=False)
+    g = torch.randn(want.shape, generator=torch.Generator().manual_seed(5))
+    want.backward(g)
+    with torch.no_grad():
+        torch.testing.assert_close(resize_bilinear(x, size), want.detach(), rtol=0, atol=2e-6)
+    xg = x.clone().requires_grad_(True)
+    resize_bilinear(xg, size).backward(g)
+    assert xg.grad is not None and ref.grad is not None
+    torch.testing.assert_close(xg.grad, ref.grad, rtol=1e-5, atol=1e-5)
