@@ -7,9 +7,10 @@
 Each config is ``BLOCK[:W1,W2,...[:FUSION[:KERNELS]]]``: the decoder block body, the decoder widths finest
 first (empty: the default), ``map_fusion`` (input unless given) and the kernels: ``fast`` (the library's:
 shifted multiply-adds for depthwise convolutions up to ``SHIFT_MAX_CHANNELS`` channels, the stencil for
-upsampling by integer factors, each with its adjoint as the backward pass), ``shifts`` (shifts at every
-width and PyTorch's upsampling: the kernels up to git 00d69dd) or ``torch`` (PyTorch's convolution and
-upsampling only).
+upsampling by integer factors, each with its adjoint as the backward pass, and 1x1 convolutions as batched
+matrix products), ``conv1x1`` (the same with PyTorch's 1x1 convolution: the kernels up to git cd59953),
+``shifts`` (shifts at every width, PyTorch's upsampling and 1x1 convolution: the kernels up to git 00d69dd)
+or ``torch`` (PyTorch's ops only).
 
 Every round times, for each config, one batch of RM_0, one of the config's RM_N and one of RM_0 again; the
 overhead is the median over rounds of RM_N's time over the mean of the two RM_0 times around it (with
@@ -37,9 +38,9 @@ import torch.nn.functional as F
 from finpercep.rm import RewardModel, RMConfig
 from finpercep.rm import kernels as rm_kernels
 from finpercep.rm import model as rm_model
-from finpercep.rm.kernels import DepthwiseConv3x3
+from finpercep.rm.kernels import DepthwiseConv3x3, PointwiseConv2d
 
-KERNELS = ("fast", "shifts", "torch")
+KERNELS = ("fast", "conv1x1", "shifts", "torch")
 
 
 def parse_config(text: str) -> tuple[RMConfig, str]:
@@ -70,9 +71,11 @@ def kernels_of(model: RewardModel, kernels: str) -> Iterator[None]:
     for m in model.modules():
         if isinstance(m, DepthwiseConv3x3):
             fast = m.in_channels <= m.SHIFT_MAX_CHANNELS
-            m.use_shifts = {"fast": fast, "shifts": True, "torch": False}[kernels]
+            m.use_shifts = {"fast": fast, "conv1x1": fast, "shifts": True, "torch": False}[kernels]
+        if isinstance(m, PointwiseConv2d):
+            m.use_bmm = kernels == "fast"
     saved = rm_model.resize_bilinear
-    if kernels != "fast":
+    if kernels in ("shifts", "torch"):
         rm_model.resize_bilinear = torch_resize
     try:
         yield
@@ -85,8 +88,9 @@ Op = Callable[[torch.Tensor], torch.Tensor]
 
 def bench_ops(config: str, batch: int, size: int, rounds: int, out: Path | None) -> None:
     """``--mode ops``: each kernel against the PyTorch op it replaces, at the shapes of the first config's
-    decoder: depthwise 3x3 per width (shifts vs. oneDNN, frozen weights) and bilinear upsampling (stencil
-    vs. ``F.interpolate``) of each block's 2x step and of its map logits to the input size; without
+    decoder: depthwise 3x3 per width (shifts vs. oneDNN, frozen weights), the lateral and logit-head 1x1
+    convolutions (batched matrix product vs. ``F.conv2d``) and bilinear upsampling (stencil vs.
+    ``F.interpolate``) of each block's 2x step and of its map logits to the input size; without
     autograd and as forward + backward to the input. Reports the median over rounds of the paired ratio
     PyTorch time / shift-or-stencil time (> 1: the replacement is faster)."""
     cfg, _ = parse_config(config)
@@ -105,6 +109,13 @@ def bench_ops(config: str, batch: int, size: int, rounds: int, out: Path | None)
             dw,
             torch.randn(batch, c, h, w, generator=g),
         )
+        for c_in, c_out in ((model.encoder.channels[level], c), (c, 1)):  # lateral, logit head
+            pw = PointwiseConv2d(c_in, c_out).requires_grad_(False)
+            pairs[f"1x1 conv {c_in}->{c_out} {h}x{w}"] = (
+                functools.partial(F.conv2d, weight=pw.weight, bias=pw.bias),
+                pw,
+                torch.randn(batch, c_in, h, w, generator=g),
+            )
         pairs[f"logits {h}x{w} -> {size}x{size}"] = (
             functools.partial(torch_resize, size=(size, size)),
             functools.partial(rm_kernels.upsample_integer, sh=size // h, sw=size // w),

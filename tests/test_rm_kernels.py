@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from finpercep.rm.kernels import UPSAMPLE_MIN_OUTPUT, DepthwiseConv3x3, resize_bilinear, upsample_integer
+from finpercep.rm.kernels import (
+    UPSAMPLE_MIN_OUTPUT,
+    DepthwiseConv3x3,
+    PointwiseConv2d,
+    resize_bilinear,
+    upsample_integer,
+)
 
 FACTOR_CASES = [
     ((2, 3, 5, 7), (2, 2)),
@@ -90,3 +96,22 @@ def test_resize_bilinear_equals_interpolate_on_every_path(size: tuple[int, int])
     resize_bilinear(xg, size).backward(g)
     assert xg.grad is not None and ref.grad is not None
     torch.testing.assert_close(xg.grad, ref.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "size"), [(16, 8, (9, 13)), (8, 1, (32, 32)), (3, 5, (1, 1))])
+def test_pointwise_conv_equals_the_convolution(c_in: int, c_out: int, size: tuple[int, int]) -> None:
+    """The batched matrix product gives the 1x1 convolution's output and gradients (input, weight, bias)."""
+    torch.manual_seed(0)
+    pw = PointwiseConv2d(c_in, c_out)
+    x = torch.randn(3, c_in, *size)
+    g = torch.randn(3, c_out, *size)
+    xg, ref = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    w, b = pw.weight.detach().clone().requires_grad_(True), pw.bias.detach().clone().requires_grad_(True)
+    want = F.conv2d(ref, w, b)
+    want.backward(g)
+    out = pw(xg)
+    out.backward(g)
+    torch.testing.assert_close(out.detach(), want.detach(), rtol=1e-5, atol=1e-5)
+    for got, exp in ((xg.grad, ref.grad), (pw.weight.grad, w.grad), (pw.bias.grad, b.grad)):
+        assert got is not None and exp is not None
+        torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-5)

@@ -7,6 +7,8 @@ to the input. So:
 * :func:`resize_bilinear` upsamples by integer factors as one lerp per output phase and axis
   (:func:`upsample_integer`), with the adjoint stencil as its backward (an autograd function, itself
   differentiable).
+* :class:`PointwiseConv2d` (1x1) runs as a batched matrix product: with more than one thread PyTorch
+  sends 1x1 convolutions to oneDNN, up to 20 times slower there at the decoder's few channels.
 * :class:`DepthwiseConv3x3` runs as nine shifted multiply-adds up to
   :attr:`~DepthwiseConv3x3.SHIFT_MAX_CHANNELS` channels; its backward to the input is the same stencil with
   the kernel flipped. With gradients to the weights (training the reward model) it stays oneDNN's
@@ -161,3 +163,23 @@ class DepthwiseConv3x3(nn.Conv2d):
         if not self.use_shifts or x.device.type != "cpu" or weights_need_grad:
             return super().forward(x)
         return _DepthwiseShifts.apply(x, self.weight[:, 0], bias)
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """``nn.Conv2d(c_in, c_out, 1)`` (same parameters), on the CPU as ``baddbmm`` over the flattened
+    pixels, forward and backward: as fast as PyTorch's own 1x1 kernel single-threaded, and many times
+    faster than the oneDNN kernel PyTorch picks for 1x1 convolutions with more threads
+    (``benchmarks/bench_decoder.py --mode ops``)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(c_in, c_out, 1)
+        self.use_bmm = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias
+        if not self.use_bmm or x.device.type != "cpu" or bias is None:
+            return super().forward(x)
+        b, c, h, w = x.shape
+        weight = self.weight.view(self.out_channels, c).expand(b, -1, -1)
+        out = torch.baddbmm(bias.view(1, -1, 1), weight, x.reshape(b, c, h * w))
+        return out.view(b, self.out_channels, h, w)

@@ -55,7 +55,7 @@ from ..config import check, from_dict, option, to_dict
 from ..errors import FinPercepError
 from ..io import atomic_path, atomic_write_json, load_image
 from .encoders import ENCODERS, Encoder, ResBlock, build_encoder, norm_layer
-from .kernels import DepthwiseConv3x3, resize_bilinear
+from .kernels import DepthwiseConv3x3, PointwiseConv2d, resize_bilinear
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class LightBlock(nn.Module):
         super().__init__()
         self.norm = norm_layer(norm, c)
         self.dw = DepthwiseConv3x3(c)
-        self.pw = nn.Conv2d(c, c, 1)
+        self.pw = PointwiseConv2d(c, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.pw(F.gelu(self.dw(self.norm(x))))
@@ -241,10 +241,10 @@ class DecoderBlock(nn.Module):
         self, c_skip: int, c_out: int, c_prev: int | None, norm: str = "none", body: str = "res"
     ) -> None:
         super().__init__()
-        self.lateral = nn.Conv2d(c_skip, c_out, 1)
-        self.proj = nn.Conv2d(c_prev, c_out, 1) if c_prev is not None else None
+        self.lateral = PointwiseConv2d(c_skip, c_out)
+        self.proj = PointwiseConv2d(c_prev, c_out) if c_prev is not None else None
         self.block: nn.Module = ResBlock(c_out, norm) if body == "res" else LightBlock(c_out, norm)
-        self.head = nn.Conv2d(c_out, 1, 1)
+        self.head = PointwiseConv2d(c_out, 1)
 
     def forward(self, skip: torch.Tensor, prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.lateral(skip)
