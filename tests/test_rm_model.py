@@ -340,3 +340,44 @@ def test_checkpoints_without_score_pool_load_as_product(tmp_path: Path) -> None:
 def test_config_rejects_unknown_choices(field: str, value: str) -> None:
     with pytest.raises(ConfigError, match=field):
         replace(TINY, **{field: value})
+
+
+def test_flips_tta_makes_the_model_flip_invariant_and_stays_differentiable() -> None:
+    """Averaging over the flip group: the score is the same for a flipped image and the map flips with it,
+    which the plain model does not do; hflip averages the plain outputs of x and its mirror image."""
+    model = RewardModel(TINY).eval()
+    _perturb(model, seed=3)
+    with torch.no_grad():
+        model.gate.fill_(1.0)
+    x = _x(2, 48, 64, seed=4)
+    with torch.no_grad():
+        plain, mirrored = model(x), model(x.flip(-1))
+        assert not torch.allclose(plain.score, mirrored.score, atol=1e-4)
+        model.set_tta("hflip")
+        h = model(x)
+        torch.testing.assert_close(h.map, (plain.map + mirrored.map.flip(-1)) / 2)
+        model.set_tta("flips")
+        for dims in ((-1,), (-2,), (-2, -1)):
+            a, b = model(x), model(x.flip(dims))
+            torch.testing.assert_close(b.score, a.score, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(b.map, a.map.flip(dims), rtol=1e-5, atol=1e-6)
+    xg = x.clone().requires_grad_(True)
+    model(xg).score.sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    with pytest.raises(FinPercepError, match="tta must be one of none, hflip, flips"):
+        model.set_tta("rot90")
+
+
+def test_tta_is_an_inference_option_of_from_pretrained(tmp_path: Path) -> None:
+    from finpercep.cli import TTA_CHOICES
+    from finpercep.rm.model import TTA_FLIPS
+
+    assert tuple(TTA_FLIPS) == TTA_CHOICES
+    RewardModel(TINY).save_pretrained(tmp_path / "m")
+    assert RewardModel.from_pretrained(tmp_path / "m").tta == "none"
+    loaded = RewardModel.from_pretrained(tmp_path / "m", tta="flips")
+    assert loaded.tta == "flips"
+    loaded.save_pretrained(tmp_path / "again")
+    assert RewardModel.from_pretrained(tmp_path / "again").tta == "none"  # not saved with the weights
+    with pytest.raises(FinPercepError, match="tta must be one of"):
+        RewardModel.from_pretrained(tmp_path / "m", tta="yes")

@@ -95,3 +95,21 @@ def test_tiling_covers_the_image_and_matches_untiled_when_one_tile_fits() -> Non
     s, m = score_tiled(model, big, tile=64, overlap=16)
     assert m.shape == (1, 1, 150, 90) and torch.isfinite(s).all()
     assert float(m.min()) >= 0 and float(m.max()) <= 1
+
+
+def test_score_cli_with_flips_tta_scores_an_image_and_its_mirror_alike(
+    tmp_path: Path, checkpoint: Path
+) -> None:
+    from finpercep.cli import main
+
+    img = _img(48, 64, 7)
+    save_png(tmp_path / "in" / "a.png", img)
+    save_png(tmp_path / "in" / "b.png", img[:, ::-1].copy())
+    scores = {}
+    for tta in ("none", "flips"):
+        main(["--quiet", "score", str(tmp_path / "in"), "--out", str(tmp_path / tta), "--checkpoint",
+              str(checkpoint), "--tta", tta])
+        rows = [json.loads(line) for line in (tmp_path / tta / "scores.jsonl").read_text().splitlines()]
+        scores[tta] = {Path(r["path"]).name: r["score"] for r in rows}
+    assert scores["none"]["a.png"] != pytest.approx(scores["none"]["b.png"], abs=1e-5)
+    assert scores["flips"]["a.png"] == pytest.approx(scores["flips"]["b.png"], abs=1e-5)

@@ -10,6 +10,9 @@ from collections.abc import Callable, Sequence
 from .config import add_arguments, from_args
 from .errors import FinPercepError
 
+TTA_CHOICES = ("none", "hflip", "flips")
+"""``finpercep.rm.model.TTA_FLIPS``'s keys, here so that the CLI starts without importing torch."""
+
 log = logging.getLogger("finpercep")
 
 
@@ -153,6 +156,12 @@ def _add_rm(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--misranked-count", type=int, default=8, help="how many misranked samples to list and draw"
     )
+    e.add_argument(
+        "--tta",
+        choices=list(TTA_CHOICES),
+        default="none",
+        help="test-time augmentation: average over flips (hflip: 2 passes, flips: 4)",
+    )
     e.set_defaults(func=_cmd_rm_eval)
 
     s = sub.add_parser("score", help="score images with FinPercep-RM: JSONL, heatmap overlays, HTML page")
@@ -162,6 +171,12 @@ def _add_rm(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--stage", type=int, default=None, help="stage RM_k (default: the highest)")
     s.add_argument("--batch-size", type=int, default=8, help="images per batch")
     s.add_argument("--tile", type=int, default=512, help="tile size for large images")
+    s.add_argument(
+        "--tta",
+        choices=list(TTA_CHOICES),
+        default="none",
+        help="test-time augmentation: average over flips (hflip: 2 passes, flips: 4)",
+    )
     s.set_defaults(func=_cmd_score)
 
 
@@ -187,6 +202,7 @@ def _cmd_rm_eval(ns: argparse.Namespace) -> None:
         per_sample=ns.per_sample,
         misranked=ns.misranked,
         misranked_count=ns.misranked_count,
+        tta=ns.tta,
     )
     if ns.out:
         atomic_write_json(ns.out, res)
@@ -206,6 +222,7 @@ def _cmd_score(ns: argparse.Namespace) -> None:
                 batch_size=ns.batch_size,
                 tile=ns.tile,
                 progress=not ns.quiet,
+                tta=ns.tta,
             )
         )
     )

@@ -70,6 +70,21 @@ POOL_EPS = 0.05
 
 EncoderName = Literal["small_cnn", "clip_rn50", "clip_vit", "dinov2", "dinov3", "timm"]
 
+TTAMode = Literal["none", "hflip", "flips"]
+TTA_FLIPS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "none": ((),),
+    "hflip": ((), (-1,)),
+    "flips": ((), (-1,), (-2,), (-2, -1)),
+}
+"""Test-time augmentation: the flips (tensor dims) a forward pass averages over. ``flips`` is the group of
+horizontal and vertical flips, so its outputs are flip-invariant (score) and flip-equivariant (map)."""
+
+
+def check_tta(mode: str) -> TTAMode:
+    if mode not in TTA_FLIPS:
+        raise FinPercepError(f"tta must be one of {', '.join(TTA_FLIPS)}, got {mode!r}")
+    return mode  # type: ignore[return-value]
+
 
 class RMInputError(FinPercepError, ValueError):
     """An input the reward model cannot score (wrong type, shape, dtype, size or range)."""
@@ -303,6 +318,7 @@ class RewardModel(nn.Module):
         self.config = dataclasses.replace(config, stage=0)
         for _ in range(target):
             self.grow()
+        self.tta: TTAMode = "none"
 
     # ------------------------------------------------------------------ structure
 
@@ -355,6 +371,12 @@ class RewardModel(nn.Module):
         if not 0.0 <= value <= 1.0:
             raise FinPercepError(f"gate must be in [0, 1], got {value}")
         self.gate.fill_(value)
+
+    def set_tta(self, mode: str) -> None:
+        """Test-time augmentation of every later forward pass (an inference option, not saved with the
+        weights): ``none``; ``hflip`` (2 passes) or ``flips`` (4 passes: horizontal, vertical, both) average
+        the pooled vector before the score head and the map after flipping it back. Differentiable."""
+        self.tta = check_tta(mode)
 
     def new_parameter_names(self) -> list[str]:
         """Names of the parameters the last :meth:`grow` added (those of decoder block k)."""
@@ -414,8 +436,26 @@ class RewardModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
         """(pooled [B, C_N + 1], map [B, 1, H, W], cumulative logits) of a validated batch.
 
-        ``score = score_head(pooled)``; tiled scoring averages ``pooled`` over tiles before the head.
+        ``score = score_head(pooled)``; tiled scoring averages ``pooled`` over tiles before the head. With
+        test-time augmentation (:meth:`set_tta`) the flipped copies run as one batch and are averaged.
         """
+        flips = TTA_FLIPS[self.tta]
+        if len(flips) == 1:
+            return self._forward_parts(x, every_block)
+        n, b = len(flips), x.shape[0]
+        pooled, m, logits = self._forward_parts(
+            torch.cat([x.flip(d) if d else x for d in flips]), every_block
+        )
+
+        def unflip_mean(t: torch.Tensor) -> torch.Tensor:
+            parts = t.split(b)
+            return torch.stack([p.flip(d) if d else p for p, d in zip(parts, flips, strict=True)]).mean(0)
+
+        return pooled.view(n, b, -1).mean(0), unflip_mean(m), tuple(unflip_mean(z) for z in logits)
+
+    def _forward_parts(
+        self, x: torch.Tensor, every_block: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
         feats = self.encoder(x)
         logits = self.map_logits(feats, (x.shape[-2], x.shape[-1]), every_block=every_block)
         m = torch.sigmoid(logits[-1]) if logits else None
@@ -482,13 +522,20 @@ class RewardModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path | None = None, stage: int | None = None, *, device: str | torch.device = "cpu"
+        cls,
+        path: str | Path | None = None,
+        stage: int | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        tta: str = "none",
     ) -> RewardModel:
         """Load a saved reward model. ``path=None``: the packaged default checkpoint.
 
         ``path`` is a model folder (``config.json`` + ``model.safetensors``) or a training/run folder
         with ``stage_<k>`` sub-folders; ``stage`` picks RM_k (default: the highest stage present).
+        ``tta``: test-time augmentation (:meth:`set_tta`).
         """
+        check_tta(tta)
         directory = resolve_checkpoint(path, stage)
         meta = json.loads((directory / CONFIG_NAME).read_text())
         if meta.get("format") != FORMAT_NAME:
@@ -510,6 +557,7 @@ class RewardModel(nn.Module):
                 f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
             )
         model.eval()
+        model.set_tta(tta)
         return model.to(device)
 
 

@@ -155,16 +155,18 @@ def score_paths(
     device: str = "cpu",
     thumbnail: int = 512,
     progress: bool = True,
+    tta: str = "none",
 ) -> Path:
     """Score images/folders ``paths``; writes ``scores.jsonl``, ``overlays/``, ``thumbs/`` and ``index.html``.
 
-    Returns the JSONL path. Unreadable images are reported in the JSONL (``error``) and skipped.
+    Returns the JSONL path. Unreadable images are reported in the JSONL (``error``) and skipped. ``tta``:
+    test-time augmentation (:meth:`RewardModel.set_tta`).
     """
     if batch_size < 1 or tile < MIN_SIZE or not 0 <= overlap < tile:
         raise FinPercepError(f"need batch_size >= 1, tile >= {MIN_SIZE} and 0 <= overlap < tile")
     out = Path(out_dir)
     files = expand_paths(paths)
-    model = RewardModel.from_pretrained(checkpoint, stage, device=device)
+    model = RewardModel.from_pretrained(checkpoint, stage, device=device, tta=tta)
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any] | None] = [None] * len(files)

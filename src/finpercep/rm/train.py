@@ -470,6 +470,7 @@ def evaluate_checkpoint(
     per_sample: str | Path | None = None,
     misranked: str | Path | None = None,
     misranked_count: int = 8,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Held-out evaluation of a saved reward model on an FGR dataset (e.g. photos it never saw).
 
@@ -479,7 +480,8 @@ def evaluate_checkpoint(
     also write one JSON line per sample there (see :func:`evaluate`). The result's ``misranked`` lists the
     ``misranked_count`` samples that cost SRCC the most (:func:`~finpercep.rm.metrics.misorder`), and
     ``misorder_share`` each kind of sample's share of the total misorder (``gt``, ``ROLE/SR_MODEL``);
-    ``misranked``: also draw them, beside their reference, predicted map and M_gt, into this PNG.
+    ``misranked``: also draw them, beside their reference, predicted map and M_gt, into this PNG. ``tta``:
+    test-time augmentation (:meth:`RewardModel.set_tta`).
     """
     import fnmatch
 
@@ -495,7 +497,7 @@ def evaluate_checkpoint(
     if not rows:
         raise FinPercepError(f"{root}: no samples from sources {sources}")
     rows = subsample_groups(rows, max_samples, 0)
-    model = RewardModel.from_pretrained(checkpoint, stage, device=device)
+    model = RewardModel.from_pretrained(checkpoint, stage, device=device, tta=tta)
     cfg = RMTrainConfig(data=str(root), tau=tau)
     chain_ids = [[s["id"] for s in c] for c in make_chains(rows)]
     records: list[dict[str, Any]] = []
