@@ -163,6 +163,7 @@ def test_staged_training_saves_every_stage(fake_data: Path, tmp_path: Path) -> N
     held_out = evaluate_checkpoint(fake_data, run, sources=("tex_c",))  # the run's own validation, re-done
     final = json.loads((run / "stage_2" / "metrics.json").read_text())
     assert held_out["stage"] == 2 and held_out["samples"] == 14 and held_out["chains"] == 4
+    assert held_out["tta"] == "none"
     for key in ("auroc", "cc", "kld", "triplet_acc", "srcc", "mse_clean"):
         assert held_out["model"][key] == pytest.approx(final["val"][key], abs=1e-6)
     assert held_out["baseline"]["best"] == pytest.approx(final["baseline"]["best"])

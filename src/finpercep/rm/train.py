@@ -521,6 +521,7 @@ def evaluate_checkpoint(
     best = best_baseline(hf, smooth)
     return {
         "stage": model.stage,
+        "tta": model.tta,
         "samples": len(rows),
         "chains": len(chain_ids),
         "model": res,
