@@ -176,6 +176,14 @@ def main() -> None:
         "is the work done), wall = elapsed time",
     )
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also list the K ops (with input shapes) whose self CPU time grows most from RM_0 to the first "
+        "config (torch.profiler, 5 passes each)",
+    )
     a = p.parse_args()
     if a.rounds < 2:
         p.error("--rounds must be at least 2 (quartiles of the paired ratios)")
@@ -241,6 +249,30 @@ def main() -> None:
         print(f"{name:24s} {med[name]:7.1f} ms/image ({a.clock}, median of {len(times[name])}){ratio}")
     if a.json:
         a.json.write_text(json.dumps(result, indent=2) + "\n")
+    if a.profile:
+        profile_difference(step, "RM_0", a.configs[0], a.profile)
+
+
+def profile_difference(step: Callable[[str], None], base: str, other: str, top: int, passes: int = 5) -> None:
+    """Print the ``top`` (op, input shapes) whose self CPU time per pass grows most from ``base`` to
+    ``other``, and each one's share of the whole difference."""
+    from torch.profiler import ProfilerActivity, profile
+
+    per_op: dict[str, dict[tuple[str, str], float]] = {}
+    for name in (base, other):
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(passes):
+                step(name)
+        totals: dict[tuple[str, str], float] = {}
+        for ev in prof.key_averages(group_by_input_shape=True):
+            key = (ev.key, str(ev.input_shapes))
+            totals[key] = totals.get(key, 0.0) + ev.self_cpu_time_total / 1000 / passes
+        per_op[name] = totals
+    diff = {k: v - per_op[base].get(k, 0.0) for k, v in per_op[other].items()}
+    total = sum(per_op[other].values()) - sum(per_op[base].values())
+    print(f"{other} - {base}: {total:.1f} ms per pass (self CPU time); the largest growths:")
+    for (op, shapes), ms in sorted(diff.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {ms:7.2f} ms  {100 * ms / total:5.1f} %  {op}  {shapes[:90]}")
 
 
 if __name__ == "__main__":

@@ -72,8 +72,10 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     args = ap.parse_args()
     cv2.setNumThreads(args.threads)
-    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, opencv {cv2.__version__}, "
-          f"cv2 threads {cv2.getNumThreads()}, n={args.n}")
+    print(
+        f"python {sys.version.split()[0]}, numpy {np.__version__}, opencv {cv2.__version__}, "
+        f"cv2 threads {cv2.getNumThreads()}, n={args.n}"
+    )
     for scale in (4, 2):
         for size in args.sizes:
             bench_size(scale, size, args.n, detail=scale == 4)

@@ -6,7 +6,8 @@
 
 Takes the ``--per-sample`` files of several checkpoints on one dataset and prints the SRCC of each and of
 two ensembles: the mean of the raw scores and the mean of the scores standardised per model (so a model
-whose scores spread more does not dominate).
+whose scores spread more does not dominate); also the SRCC of each model's mean predicted map, negated
+(does the map rank images better than the score?).
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ def main() -> None:
     def srcc(s: np.ndarray) -> float:
         return float(spearmanr(s, -area)[0])
 
-    for path, s in zip(a.per_sample, scores, strict=True):
-        print(f"{str(path):48s} SRCC {srcc(s):.3f}  score std {s.std():.3f}")
+    for path, s, run in zip(a.per_sample, scores, runs, strict=True):
+        map_mean = np.array([run[i]["map_mean"] for i in ids])
+        print(
+            f"{str(path):48s} SRCC {srcc(s):.3f}  score std {s.std():.3f}  "
+            f"SRCC of -map mean {srcc(-map_mean):.3f}"
+        )
     print(f"{'mean of raw scores':48s} SRCC {srcc(np.mean(scores, axis=0)):.3f}")
     z = [(s - s.mean()) / s.std() for s in scores]
     print(f"{'mean of standardised scores':48s} SRCC {srcc(np.mean(z, axis=0)):.3f}")
