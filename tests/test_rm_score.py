@@ -110,6 +110,7 @@ def test_score_cli_with_flips_tta_scores_an_image_and_its_mirror_alike(
         main(["--quiet", "score", str(tmp_path / "in"), "--out", str(tmp_path / tta), "--checkpoint",
               str(checkpoint), "--tta", tta])
         rows = [json.loads(line) for line in (tmp_path / tta / "scores.jsonl").read_text().splitlines()]
+        assert {r["tta"] for r in rows} == {tta}
         scores[tta] = {Path(r["path"]).name: r["score"] for r in rows}
     assert scores["none"]["a.png"] != pytest.approx(scores["none"]["b.png"], abs=1e-5)
     assert scores["flips"]["a.png"] == pytest.approx(scores["flips"]["b.png"], abs=1e-5)

@@ -186,6 +186,7 @@ def score_paths(
             "width": int(img.shape[1]),
             "tiles": tiles,
             "stage": model.stage,
+            "tta": model.tta,
             "thumbnail": f"thumbs/{name}.png",
             "overlay": f"overlays/{name}.png",
         }
