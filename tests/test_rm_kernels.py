@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from finpercep.rm import kernels as rm_kernels
 from finpercep.rm.kernels import (
     UPSAMPLE_MIN_OUTPUT,
     DepthwiseConv3x3,
@@ -81,11 +82,22 @@ def test_integer_upsampling_gradient_is_torch_bilinear_gradient(
     assert torch.autograd.gradgradcheck(lambda t: upsample_integer(t, *factors).square(), (x,))
 
 
-@pytest.mark.parametrize("size", [(64, 64), (256, 256), (96, 50), (70, 64)])
-def test_resize_bilinear_equals_interpolate_on_every_path(size: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    ("size", "stencil"), [((64, 64), True), ((256, 256), True), ((96, 50), False), ((70, 64), False)]
+)
+def test_resize_bilinear_equals_interpolate_on_every_path(
+    size: tuple[int, int], stencil: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Integer factors with a large output take the stencil, others PyTorch; same values and gradients."""
     x = torch.randn(2, 8, 32, 32, generator=torch.Generator().manual_seed(2))
-    assert (8 * 64 * 64 >= UPSAMPLE_MIN_OUTPUT) and (8 * 96 * 50 >= UPSAMPLE_MIN_OUTPUT)
+    assert 8 * 64 * 64 >= UPSAMPLE_MIN_OUTPUT
+    calls: list[tuple[int, int]] = []
+
+    def counted(t: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
+        calls.append((sh, sw))
+        return upsample_integer(t, sh, sw)
+
+    monkeypatch.setattr(rm_kernels, "upsample_integer", counted)
     ref = x.clone().requires_grad_(True)
     want = F.interpolate(ref, size=size, mode="bilinear", align_corners=False)
     g = torch.randn(want.shape, generator=torch.Generator().manual_seed(5))
@@ -94,6 +106,7 @@ def test_resize_bilinear_equals_interpolate_on_every_path(size: tuple[int, int])
         torch.testing.assert_close(resize_bilinear(x, size), want.detach(), rtol=0, atol=2e-6)
     xg = x.clone().requires_grad_(True)
     resize_bilinear(xg, size).backward(g)
+    assert len(calls) == (2 if stencil else 0)
     assert xg.grad is not None and ref.grad is not None
     torch.testing.assert_close(xg.grad, ref.grad, rtol=1e-5, atol=1e-5)
 

@@ -8,7 +8,7 @@ to the input. So:
   (:func:`upsample_integer`), with the adjoint stencil as its backward (an autograd function, itself
   differentiable).
 * :class:`PointwiseConv2d` (1x1) runs as a batched matrix product: with more than one thread PyTorch
-  sends 1x1 convolutions to oneDNN, up to 20 times slower there at the decoder's few channels.
+  sends 1x1 convolutions to oneDNN, up to 32 times slower there at the decoder's few channels.
 * :class:`DepthwiseConv3x3` runs as nine shifted multiply-adds up to
   :attr:`~DepthwiseConv3x3.SHIFT_MAX_CHANNELS` channels; its backward to the input is the same stencil with
   the kernel flipped. With gradients to the weights (training the reward model) it stays oneDNN's
@@ -167,9 +167,9 @@ class DepthwiseConv3x3(nn.Conv2d):
 
 class PointwiseConv2d(nn.Conv2d):
     """``nn.Conv2d(c_in, c_out, 1)`` (same parameters), on the CPU as ``baddbmm`` over the flattened
-    pixels, forward and backward: as fast as PyTorch's own 1x1 kernel single-threaded, and many times
-    faster than the oneDNN kernel PyTorch picks for 1x1 convolutions with more threads
-    (``benchmarks/bench_decoder.py --mode ops``)."""
+    pixels, forward and backward: single-threaded about as fast as PyTorch's own 1x1 kernel (faster with
+    autograd), and many times faster than the oneDNN kernel PyTorch picks for 1x1 convolutions with more
+    threads (``benchmarks/bench_decoder.py --mode ops``)."""
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__(c_in, c_out, 1)
