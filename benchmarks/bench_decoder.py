@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from finpercep.allocator import ALLOCATOR_CHOICES, configure_allocator
 from finpercep.rm import RewardModel, RMConfig
 from finpercep.rm import kernels as rm_kernels
 from finpercep.rm import model as rm_model
@@ -175,6 +176,12 @@ def main() -> None:
         help="cpu = this process's CPU time (robust to other jobs on a shared machine; with --threads 1 it "
         "is the work done), wall = elapsed time",
     )
+    p.add_argument(
+        "--allocator",
+        choices=list(ALLOCATOR_CHOICES),
+        default="retain",
+        help="the C allocator's policy (finpercep.allocator; the finpercep command's default is retain)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     p.add_argument(
         "--profile",
@@ -187,6 +194,7 @@ def main() -> None:
     a = p.parse_args()
     if a.rounds < 2:
         p.error("--rounds must be at least 2 (quartiles of the paired ratios)")
+    configure_allocator(a.allocator)
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.mode == "ops":
@@ -234,6 +242,7 @@ def main() -> None:
         "batch": a.batch,
         "size": a.size,
         "threads": a.threads,
+        "allocator": a.allocator,
         "clock": a.clock,
         "rounds": a.rounds,
         "ms_per_image_median": med,

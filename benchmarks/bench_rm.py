@@ -41,11 +41,14 @@ def run_one(
     device: str,
     decoder_block: str = "res",
     decoder_widths: tuple[int, ...] = (),
+    allocator: str = "retain",
 ) -> dict:
     import torch
 
+    from finpercep.allocator import configure_allocator
     from finpercep.rm import RewardModel, RMConfig
 
+    configure_allocator(allocator)
     if threads:
         torch.set_num_threads(threads)
     cfg = RMConfig(encoder=encoder, decoder_block=decoder_block, decoder_widths=tuple(decoder_widths))
@@ -112,11 +115,17 @@ def main() -> None:
         default=[],
         help="RMConfig.decoder_widths, finest first (none: the default)",
     )
+    p.add_argument(
+        "--allocator",
+        choices=["retain", "system"],
+        default="retain",
+        help="the C allocator's policy (finpercep.allocator; the finpercep command's default is retain)",
+    )
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--one", nargs=3, metavar=("ENCODER", "STAGE", "MODE"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
-        args = (a.batch, a.size, a.iters, a.threads, a.device, a.decoder_block, a.decoder_widths)
+        args = (a.batch, a.size, a.iters, a.threads, a.device, a.decoder_block, a.decoder_widths, a.allocator)
         print(json.dumps(run_one(*a.one, *args)))
         return
     results = []
@@ -142,6 +151,8 @@ def main() -> None:
                     a.device,
                     "--decoder-block",
                     a.decoder_block,
+                    "--allocator",
+                    a.allocator,
                     "--decoder-widths",
                     *map(str, a.decoder_widths),
                 ]
@@ -156,7 +167,8 @@ def main() -> None:
                 )
     print(
         f"\nbatch {a.batch}, {a.size}x{a.size}, threads {a.threads or 'default'}, device {a.device}, "
-        f"decoder block {a.decoder_block}, decoder widths {a.decoder_widths or 'default'}"
+        f"decoder block {a.decoder_block}, decoder widths {a.decoder_widths or 'default'}, "
+        f"allocator {a.allocator}"
     )
     for enc in a.encoders:
         for mode in a.modes:

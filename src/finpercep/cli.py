@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from .allocator import ALLOCATOR_CHOICES, configure_allocator
 from .config import add_arguments, from_args
 from .errors import FinPercepError
 
@@ -288,6 +289,13 @@ ADDERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finpercep", description=__doc__)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument(
+        "--allocator",
+        choices=list(ALLOCATOR_CHOICES),
+        default="retain",
+        help="retain: keep freed memory for the next pass instead of faulting pages in again (faster "
+        "training and scoring; the process keeps its peak memory); system: the C library's default policy",
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     for add in ADDERS:
         add(sub)
@@ -302,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    configure_allocator(ns.allocator)
     try:
         ns.func(ns)
     except FinPercepError as exc:
