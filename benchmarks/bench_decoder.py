@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from finpercep.allocator import ALLOCATOR_CHOICES, configure_allocator
+from finpercep.allocator import add_allocator_argument, configure_allocator
 from finpercep.rm import RewardModel, RMConfig
 from finpercep.rm import kernels as rm_kernels
 from finpercep.rm import model as rm_model
@@ -176,12 +176,7 @@ def main() -> None:
         help="cpu = this process's CPU time (robust to other jobs on a shared machine; with --threads 1 it "
         "is the work done), wall = elapsed time",
     )
-    p.add_argument(
-        "--allocator",
-        choices=list(ALLOCATOR_CHOICES),
-        default="retain",
-        help="the C allocator's policy (finpercep.allocator; the finpercep command's default is retain)",
-    )
+    add_allocator_argument(p)
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     p.add_argument(
         "--profile",

@@ -18,6 +18,7 @@ import time
 import torch
 
 from finpercep import dist as D
+from finpercep.allocator import add_allocator_argument, configure_allocator
 from finpercep.rl.data import PairSource
 from finpercep.rl.generators import GaussianPolicy, build_generator, frozen_copy
 from finpercep.rl.rewards import RMScoreReward
@@ -89,12 +90,15 @@ def main() -> None:
     p.add_argument("--group", type=int, default=4, help="grpo samples per input")
     p.add_argument("--lr-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    add_allocator_argument(p)
     a = p.parse_args()
+    configure_allocator(a.allocator)
     if a.threads:
         torch.set_num_threads(a.threads)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, LR {a.lr_size}x{a.lr_size}, "
-        f"batch {a.batch}, group {a.group}, reward: default-size FinPercep-RM ({RMConfig().encoder})"
+        f"batch {a.batch}, group {a.group}, reward: default-size FinPercep-RM ({RMConfig().encoder}), "
+        f"allocator {a.allocator}"
     )
     print(f"{'generator':26s} {'algo':5s} {'step s':>8s} {'samples/s':>10s} {'RM s':>8s} {'RM share':>9s}")
     for g in a.generators:

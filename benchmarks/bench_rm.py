@@ -22,6 +22,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from finpercep.allocator import add_allocator_argument, configure_allocator
+
 
 def _rss_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -45,7 +47,6 @@ def run_one(
 ) -> dict:
     import torch
 
-    from finpercep.allocator import configure_allocator
     from finpercep.rm import RewardModel, RMConfig
 
     configure_allocator(allocator)
@@ -115,12 +116,7 @@ def main() -> None:
         default=[],
         help="RMConfig.decoder_widths, finest first (none: the default)",
     )
-    p.add_argument(
-        "--allocator",
-        choices=["retain", "system"],
-        default="retain",
-        help="the C allocator's policy (finpercep.allocator; the finpercep command's default is retain)",
-    )
+    add_allocator_argument(p)
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--one", nargs=3, metavar=("ENCODER", "STAGE", "MODE"), help=argparse.SUPPRESS)
     a = p.parse_args()

@@ -12,6 +12,7 @@ command applies ``retain`` unless ``--allocator system`` is given.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import logging
 import platform
@@ -56,3 +57,14 @@ def configure_allocator(mode: str = "retain") -> bool:
     if not ok:
         log.warning("allocator %r: glibc's mallopt refused the setting; the allocator is left as it is", mode)
     return ok
+
+
+def add_allocator_argument(parser: argparse.ArgumentParser) -> None:
+    """``--allocator {retain,system}`` (default ``retain``), for :func:`configure_allocator`."""
+    parser.add_argument(
+        "--allocator",
+        choices=list(ALLOCATOR_CHOICES),
+        default="retain",
+        help="retain: keep freed memory for the next pass instead of faulting its pages in again (faster "
+        "training and scoring; memory stays near its peak); system: the C library's default policy",
+    )

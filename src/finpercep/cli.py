@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from .allocator import ALLOCATOR_CHOICES, configure_allocator
+from .allocator import add_allocator_argument, configure_allocator
 from .config import add_arguments, from_args
 from .errors import FinPercepError
 
@@ -289,13 +289,7 @@ ADDERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finpercep", description=__doc__)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
-    parser.add_argument(
-        "--allocator",
-        choices=list(ALLOCATOR_CHOICES),
-        default="retain",
-        help="retain: keep freed memory for the next pass instead of faulting pages in again (faster "
-        "training and scoring; the process keeps its peak memory); system: the C library's default policy",
-    )
+    add_allocator_argument(parser)
     sub = parser.add_subparsers(dest="cmd", required=True)
     for add in ADDERS:
         add(sub)

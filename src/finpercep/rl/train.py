@@ -598,14 +598,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import os
 
-    from ..allocator import ALLOCATOR_CHOICES, configure_allocator
+    from ..allocator import add_allocator_argument, configure_allocator
     from ..config import add_arguments, from_args
 
     p = argparse.ArgumentParser(prog="finpercep.rl", description=__doc__.splitlines()[0])
     add_arguments(p, RLConfig)
-    p.add_argument(
-        "--allocator", choices=list(ALLOCATOR_CHOICES), default="retain", help="see `finpercep --help`"
-    )
+    add_allocator_argument(p)
     ns = p.parse_args(argv)
     configure_allocator(ns.allocator)
     main_rank = os.environ.get("RANK", "0") == "0"

@@ -1042,15 +1042,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m finpercep.rm.train`` (for torchrun / accelerate launch); same options as ``rm train``."""
     import argparse
 
-    from ..allocator import ALLOCATOR_CHOICES, configure_allocator
+    from ..allocator import add_allocator_argument, configure_allocator
     from ..config import add_arguments, from_args
 
     p = argparse.ArgumentParser(prog="finpercep.rm.train", description=__doc__.splitlines()[0])
     add_arguments(p, RMTrainConfig)
     add_arguments(p, RMConfig, prefix="model_", skip=("stage",))
-    p.add_argument(
-        "--allocator", choices=list(ALLOCATOR_CHOICES), default="retain", help="see `finpercep --help`"
-    )
+    add_allocator_argument(p)
     ns = p.parse_args(argv)
     configure_allocator(ns.allocator)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
