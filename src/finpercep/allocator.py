@@ -55,7 +55,7 @@ def configure_allocator(mode: str = "retain") -> bool:
         and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     )
     if not ok:
-        log.warning("allocator %r: glibc's mallopt refused the setting; the allocator is left as it is", mode)
+        log.warning("allocator %r: glibc's mallopt refused (part of) the setting", mode)
     return ok
 
 

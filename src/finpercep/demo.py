@@ -9,8 +9,8 @@ Steps (each resumable: re-running the same command continues where a killed run 
     OUT/experiment/      4. RL from the same pretrained generator: baseline, global reward (RM_0),
                             FinPercep-RM + CCL; evaluation on held-out photos; report/report.html
 
-The ``full`` preset is the README's main job (about 20 minutes on 2 CPU cores); ``quick`` is a smoke run
-of every step at toy scale (a few minutes), whose numbers mean nothing.
+The ``full`` preset is the README's main job (about 5 minutes on 2 CPU cores); ``quick`` is a smoke run
+of every step at toy scale (under a minute), whose numbers mean nothing.
 """
 
 from __future__ import annotations
