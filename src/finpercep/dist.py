@@ -14,6 +14,7 @@ all replicas take identical optimiser steps.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -127,6 +128,19 @@ def gather_strings(d: Dist, s: str) -> list[str]:
     return [str(x) for x in out]
 
 
+def _run_then_leave(fn: Callable[..., Any], *args: Any) -> None:
+    """``fn(*args)``, then leave the process group that accelerate's launcher joined for this process.
+
+    Left to interpreter exit, the gloo group's threads are destroyed in an order that now and then aborts
+    the process (``terminate called without an active exception``, SIGABRT) after its work is done.
+    """
+    try:
+        fn(*args)
+    finally:
+        if in_process_group():
+            dist.destroy_process_group()
+
+
 def launch(fn: Callable[..., Any], args: tuple[Any, ...], num_processes: int) -> None:
     """Run ``fn(*args)`` in ``num_processes`` spawned local processes joined in one gloo process group."""
     try:
@@ -147,5 +161,8 @@ def launch(fn: Callable[..., Any], args: tuple[Any, ...], num_processes: int) ->
             gloo_socket_ifname="lo",
         ):
             start_processes(
-                PrepareForLaunch(fn, debug=True), args=args, nprocs=num_processes, start_method="spawn"
+                PrepareForLaunch(functools.partial(_run_then_leave, fn), debug=True),
+                args=args,
+                nprocs=num_processes,
+                start_method="spawn",
             )
