@@ -13,7 +13,7 @@ import torch
 from finpercep.errors import FinPercepError
 from finpercep.io import load_image, save_png
 from finpercep.rm import RewardModel, RMConfig, score_paths
-from finpercep.rm.score import _tile_starts, score_tiled
+from finpercep.rm.score import _tile_starts, heat_colors, heat_overlay, score_tiled
 
 TINY = RMConfig(cnn_widths=(8, 12, 16), cnn_blocks=(1, 1, 1), head_hidden=8, decoder_widths=(4, 8, 8))
 
@@ -58,14 +58,33 @@ def test_score_paths_writes_jsonl_overlays_and_html(tmp_path: Path, checkpoint: 
         if name != "big.png":  # batched images score exactly as one-by-one
             x = torch.from_numpy(load_image(src / name)).permute(2, 0, 1)[None]
             with torch.no_grad():
-                assert r["score"] == pytest.approx(float(model(x).score[0]), abs=1e-5)
+                res = model(x)
+            assert r["score"] == pytest.approx(float(res.score[0]), abs=1e-5)
             assert r["tiles"] == 1
+            expected = heat_colors(res.map[0, 0].numpy())
+            np.testing.assert_allclose(load_image(out / r["map"]), expected, atol=0.02)
     assert by_name["big.png"]["tiles"] == len(_tile_starts(150, 64, 16)) * len(_tile_starts(90, 64, 16)) > 1
     page = (out / "index.html").read_text()
     for r in rows:
         if "error" not in r:
-            assert r["overlay"] in page and r["thumbnail"] in page
+            assert r["overlay"] in page and r["thumbnail"] in page and r["map"] in page
+    assert (out / "colorbar.png").is_file() and "colorbar.png" in page
     assert "broken.png" in page
+
+
+def test_heat_overlay_leaves_clean_pixels_and_covers_degraded_ones() -> None:
+    img = np.full((2, 3, 3), 0.5, np.float32)
+    m = np.array([[0.0, 0.5, 1.0], [-1.0, 2.0, 0.25]], np.float32)
+    out = heat_overlay(img, m, alpha=0.8)
+    colors = heat_colors(m)
+    np.testing.assert_allclose(out[0, 0], img[0, 0])  # map 0: the photo unchanged
+    np.testing.assert_allclose(out[1, 0], img[1, 0])  # below 0 is clipped to 0
+    np.testing.assert_allclose(out[0, 2], 0.2 * img[0, 2] + 0.8 * colors[0, 2], rtol=1e-6)
+    np.testing.assert_allclose(out[1, 1], out[0, 2], rtol=1e-6)  # above 1 is clipped to 1
+    np.testing.assert_allclose(out[0, 1], 0.6 * img[0, 1] + 0.4 * colors[0, 1], rtol=1e-6)
+    assert colors[0, 2].sum() > colors[0, 1].sum() > colors[0, 0].sum()  # brighter = more degraded
+    with pytest.raises(ValueError, match="alpha"):
+        heat_overlay(img, m, alpha=1.5)
 
 
 def test_score_paths_stage_choice_and_errors(tmp_path: Path, checkpoint: Path) -> None:

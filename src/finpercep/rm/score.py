@@ -92,13 +92,24 @@ def score_tiled(
     return model.score_head(pooled_sum / count), acc / wsum.clamp_min(1e-8)
 
 
-def heat_overlay(img: np.ndarray, m: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Image (H,W,3) with the map (H,W) in [0,1] blended on top as an 'inferno' heatmap."""
+def heat_colors(m: np.ndarray) -> np.ndarray:
+    """The map (H,W) in [0,1] as an 'inferno' RGB image (H,W,3): black = clean, yellow = degraded."""
     import matplotlib
 
     cmap = matplotlib.colormaps["inferno"]
-    heat = cmap(np.clip(m, 0.0, 1.0))[..., :3].astype(np.float32)
-    return (1 - alpha) * img + alpha * heat
+    return cmap(np.clip(m, 0.0, 1.0))[..., :3].astype(np.float32)
+
+
+def heat_overlay(img: np.ndarray, m: np.ndarray, alpha: float = 0.8) -> np.ndarray:
+    """Image (H,W,3) with the map (H,W) in [0,1] blended on top as an 'inferno' heatmap.
+
+    Each pixel's opacity is ``alpha * m``: the photo shows unchanged where the map is 0 and the heat
+    colour covers it most where the map is 1, so clean regions stay readable.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    a = alpha * np.clip(m, 0.0, 1.0)[..., None].astype(np.float32)
+    return (1 - a) * img + a * heat_colors(m)
 
 
 def _thumb(img: np.ndarray, max_side: int) -> np.ndarray:
@@ -121,12 +132,13 @@ def _write_html(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     cells = []
     for r in rows:
         if "error" in r:
-            cells.append(f"<tr><td colspan=3>{html.escape(r['path'])}: {html.escape(r['error'])}</td></tr>")
+            cells.append(f"<tr><td colspan=4>{html.escape(r['path'])}: {html.escape(r['error'])}</td></tr>")
             continue
         cells.append(
             "<tr>"
             f'<td><img src="{html.escape(r["thumbnail"])}" loading=lazy></td>'
             f'<td><img src="{html.escape(r["overlay"])}" loading=lazy></td>'
+            f'<td><img src="{html.escape(r["map"])}" loading=lazy></td>'
             f"<td><b>{r['score']:.4f}</b><br>map mean {r['map_mean']:.3f}<br>"
             f"{r['width']}x{r['height']}{' (tiled)' if r['tiles'] > 1 else ''}<br>"
             f"<small>{html.escape(r['path'])}</small></td></tr>"
@@ -135,8 +147,10 @@ def _write_html(path: Path, rows: list[dict[str, Any]], title: str) -> None:
         "<!doctype html><html><head><meta charset=utf-8>"
         f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif}}"
         "img{max-width:384px;max-height:384px}td{vertical-align:top;padding:4px}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>Higher score = better image; brighter heatmap = more degraded.</p>"
-        "<table><tr><th>image</th><th>degradation map</th><th>score</th></tr>"
+        f"<h1>{html.escape(title)}</h1><p>Higher score = better image; brighter heatmap = more degraded. "
+        'Map value: 0 <img src="colorbar.png" style="height:12px;width:256px;vertical-align:middle"> 1; '
+        "the overlay covers each pixel in proportion to its map value.</p>"
+        "<table><tr><th>image</th><th>overlay</th><th>degradation map</th><th>score</th></tr>"
         + "\n".join(cells)
         + "</table></body></html>\n"
     )
@@ -157,7 +171,8 @@ def score_paths(
     progress: bool = True,
     tta: str = "none",
 ) -> Path:
-    """Score images/folders ``paths``; writes ``scores.jsonl``, ``overlays/``, ``thumbs/`` and ``index.html``.
+    """Score images/folders ``paths``; writes ``scores.jsonl``, ``overlays/``, ``maps/``, ``thumbs/`` and
+    ``index.html``.
 
     Returns the JSONL path. Unreadable images are reported in the JSONL (``error``) and skipped. ``tta``:
     test-time augmentation (:meth:`RewardModel.set_tta`).
@@ -169,6 +184,7 @@ def score_paths(
     model = RewardModel.from_pretrained(checkpoint, stage, device=device, tta=tta)
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
+    save_png(out / "colorbar.png", heat_colors(np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32), (8, 1))))
     rows: list[dict[str, Any] | None] = [None] * len(files)
     small: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
 
@@ -176,6 +192,7 @@ def score_paths(
         name = _safe_name(i, files[i])
         save_png(out / "thumbs" / f"{name}.png", _thumb(img, thumbnail))
         save_png(out / "overlays" / f"{name}.png", _thumb(heat_overlay(img, m), thumbnail))
+        save_png(out / "maps" / f"{name}.png", _thumb(heat_colors(m), thumbnail))
         rows[i] = {
             "path": str(files[i]),
             "score": score,
@@ -189,6 +206,7 @@ def score_paths(
             "tta": model.tta,
             "thumbnail": f"thumbs/{name}.png",
             "overlay": f"overlays/{name}.png",
+            "map": f"maps/{name}.png",
         }
 
     def run_batch(items: list[tuple[int, np.ndarray]]) -> None:
