@@ -583,3 +583,51 @@ def test_chain_repeats_get_their_own_crop(fake_data: Path) -> None:
     a, b = ds[1], ds[1 + n]
     assert a["ids"] == b["ids"] and not torch.equal(a["images"], b["images"])
     assert torch.equal(ds[1]["images"], a["images"])
+
+
+def _anchor_images(data: Path, crop: int = 48) -> torch.Tensor:
+    from finpercep.rm.dataset import SampleDataset
+
+    ds = SampleDataset(data, train_mod.pick_anchors(load_split(data, ("tex_c",), 0.25), 4, 0), crop=crop)
+    return torch.stack([ds[i]["image"] for i in range(len(ds))])
+
+
+def test_init_fine_tunes_the_stages_of_a_trained_model(fake_data: Path, tmp_path: Path) -> None:
+    train(_cfg(fake_data, tmp_path / "a", stages=1, curves="off"), TINY)
+    # every stage of "a" copied (0 epochs), then RM_2 grown from a's RM_1 and trained
+    init = str(tmp_path / "a")
+    grown = _cfg(fake_data, tmp_path / "b", stages=2, epochs=(0, 0, 1), curves="off", init=init)
+    train(grown, None)
+    for k in (0, 1):
+        a_k = RewardModel.from_pretrained(tmp_path / "a", stage=k)
+        b_k = RewardModel.from_pretrained(tmp_path / "b", stage=k)
+        assert weights_fingerprint(a_k) == weights_fingerprint(b_k)
+        assert b_k.config.score_range == a_k.config.score_range
+    a1 = RewardModel.from_pretrained(tmp_path / "a", stage=1)
+    x = _anchor_images(fake_data)
+    ref = torch.load(tmp_path / "b" / "state.pt", weights_only=False)["anchor_ref"]
+    torch.testing.assert_close(train_mod.anchor_scores(a1, x, 8), ref, rtol=0, atol=1e-6)
+    assert json.loads((tmp_path / "b" / "model_config.json").read_text()) == json.loads(
+        (tmp_path / "a" / "model_config.json").read_text()
+    )
+    # a stage the checkpoint has starts from it: L_align holds the fine-tuned model to its scores
+    tuned = _cfg(fake_data, tmp_path / "c", stages=1, epochs=(0, 1), curves="off", init=init)
+    train(tuned, None)
+    c1 = RewardModel.from_pretrained(tmp_path / "c", stage=1)
+    assert weights_fingerprint(c1) != weights_fingerprint(a1)
+    ref = torch.load(tmp_path / "c" / "state.pt", weights_only=False)["anchor_ref"]
+    torch.testing.assert_close(train_mod.anchor_scores(a1, x, 8), ref, rtol=0, atol=1e-6)
+
+
+def test_init_refuses_another_architecture_and_a_missing_checkpoint(fake_data: Path, tmp_path: Path) -> None:
+    train(_cfg(fake_data, tmp_path / "a", stages=0, curves="off"), TINY)
+    cfg = _cfg(fake_data, tmp_path / "b", stages=0, curves="off", init=str(tmp_path / "a"))
+    with pytest.raises(FinPercepError, match="another architecture"):
+        train(cfg, replace(TINY, head_hidden=16))
+    with pytest.raises(FinPercepError, match="drop the --model-"):
+        train_mod.model_config_or_none(cfg, replace(RMConfig(), head_hidden=16))
+    assert train_mod.model_config_or_none(cfg, RMConfig()) is None
+    assert train_mod.model_config_or_none(replace(cfg, init=None), TINY) is TINY
+    with pytest.raises(FinPercepError, match="not found"):
+        train(replace(cfg, init=str(tmp_path / "missing")), None)
+    assert train_mod.init_stages("default").keys() == {0, 1, 2, 3, 4}  # the packaged checkpoint

@@ -183,9 +183,10 @@ def _add_rm(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_rm_train(ns: argparse.Namespace) -> None:
     from .rm.model import RMConfig
-    from .rm.train import RMTrainConfig, train
+    from .rm.train import RMTrainConfig, model_config_or_none, train
 
-    _out(str(train(from_args(RMTrainConfig, ns), from_args(RMConfig, ns, prefix="model_"))))
+    cfg = from_args(RMTrainConfig, ns)
+    _out(str(train(cfg, model_config_or_none(cfg, from_args(RMConfig, ns, prefix="model_")))))
 
 
 def _cmd_rm_eval(ns: argparse.Namespace) -> None:

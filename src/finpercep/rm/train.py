@@ -69,7 +69,7 @@ from .metrics import (
     role_separation,
     score_metrics,
 )
-from .model import RewardModel, RMConfig, saved_rm_config
+from .model import RewardModel, RMConfig, resolve_checkpoint, saved_rm_config, stage_dirs
 from .plots import plot_curves, plot_misranked
 
 logger = logging.getLogger(__name__)
@@ -182,6 +182,11 @@ class RMTrainConfig:
     curves: Literal["epoch", "stage", "off"] = option("stage", help="redraw curves.png per epoch or stage")
     export: str | None = option(
         None, help="at the end, copy every stage (float16 weights) here, e.g. src/finpercep/assets/rm_default"
+    )
+    init: str | None = option(
+        None,
+        help="fine-tune a trained reward model (a run or export folder, or 'default' for the packaged one): "
+        "stage k starts from its RM_k, stages it lacks grow as usual; the architecture is its own",
     )
 
     def __post_init__(self) -> None:
@@ -636,6 +641,44 @@ def _load_state(path: Path) -> dict[str, Any] | None:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def init_stages(init: str) -> dict[int, Path]:
+    """``{k: model folder}`` of the stages of ``init`` (``'default'``: the packaged checkpoint)."""
+    top = resolve_checkpoint(None if init == "default" else init, None)
+    found = stage_dirs(top.parent)
+    if top not in found.values():  # a lone model folder
+        found = {int(json.loads((top / "config.json").read_text())["stage"]): top}
+    return found
+
+
+def init_architecture(stages: dict[int, Path]) -> RMConfig:
+    """The architecture (stage 0, default score range) shared by every stage in ``stages``."""
+    archs = {
+        k: dataclasses.replace(
+            saved_rm_config(json.loads((d / "config.json").read_text())["rm_config"]),
+            stage=0,
+            score_range=RMConfig().score_range,
+        )
+        for k, d in stages.items()
+    }
+    first = next(iter(archs.values()))
+    if any(a != first for a in archs.values()):
+        where = next(iter(stages.values())).parent
+        raise FinPercepError(f"the stages in {where} have different architectures")
+    return first
+
+
+def model_config_or_none(cfg: RMTrainConfig, model_cfg: RMConfig) -> RMConfig | None:
+    """The command line's model options, or None with ``--init`` (which brings its architecture).
+
+    Model options other than the defaults together with ``--init`` are an error rather than ignored.
+    """
+    if not cfg.init:
+        return model_cfg
+    if model_cfg != RMConfig():
+        raise FinPercepError(f"--init {cfg.init} brings its own architecture; drop the --model-* options")
+    return None
+
+
 def _check_resume(out: Path, cfg: RMTrainConfig, model_cfg: RMConfig | None) -> RMConfig | None:
     """The saved model config of a run in ``out``; refuses a different training configuration."""
     tpath, mpath = out / "train_config.json", out / "model_config.json"
@@ -675,6 +718,13 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
     split = load_split(root, cfg.val_sources, cfg.val_fraction, cfg.train_sr_models)
 
     # configuration and resume point: rank 0 checks and writes, the others read what it wrote
+    init_dirs = init_stages(cfg.init) if cfg.init else {}
+    if init_dirs:
+        arch = init_architecture(init_dirs)
+        given = dataclasses.replace(model_cfg, stage=0, score_range=arch.score_range) if model_cfg else arch
+        if given != arch:
+            raise FinPercepError(f"--init {cfg.init} has another architecture than the given model config")
+        model_cfg = arch
     problem = ""
     if d.main:
         try:
@@ -774,6 +824,11 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
             while model.stage < stage:
                 model.grow()
             model.to(d.device)
+        if not resuming and stage in init_dirs:
+            start = RewardModel.from_pretrained(init_dirs[stage])
+            model.load_state_dict(start.state_dict())
+            model.config = dataclasses.replace(model.config, score_range=start.config.score_range)
+            logger.info("RM_%d starts from %s", stage, init_dirs[stage])
         epochs = cfg.epochs_for(stage)
         # L_align reference: anchor scores at the moment of growth (equal to RM_{k-1}'s, see RewardModel.grow)
         if resuming and "anchor_ref" in state:
@@ -1054,7 +1109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = from_args(RMTrainConfig, ns)
     try:
-        path = train(cfg, from_args(RMConfig, ns, prefix="model_"))
+        path = train(cfg, model_config_or_none(cfg, from_args(RMConfig, ns, prefix="model_")))
     except FinPercepError as exc:
         sys.stderr.write(f"finpercep: error: {exc}\n")
         return 2
