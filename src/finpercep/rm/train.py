@@ -69,7 +69,7 @@ from .metrics import (
     role_separation,
     score_metrics,
 )
-from .model import RewardModel, RMConfig, resolve_checkpoint, saved_rm_config, stage_dirs
+from .model import CONFIG_NAME, RewardModel, RMConfig, resolve_checkpoint, saved_rm_config, stage_dirs
 from .plots import plot_curves, plot_misranked
 
 logger = logging.getLogger(__name__)
@@ -646,7 +646,7 @@ def init_stages(init: str) -> dict[int, Path]:
     top = resolve_checkpoint(None if init == "default" else init, None)
     found = stage_dirs(top.parent)
     if top not in found.values():  # a lone model folder
-        found = {int(json.loads((top / "config.json").read_text())["stage"]): top}
+        found = {int(json.loads((top / CONFIG_NAME).read_text())["stage"]): top}
     return found
 
 
@@ -654,7 +654,7 @@ def init_architecture(stages: dict[int, Path]) -> RMConfig:
     """The architecture (stage 0, default score range) shared by every stage in ``stages``."""
     archs = {
         k: dataclasses.replace(
-            saved_rm_config(json.loads((d / "config.json").read_text())["rm_config"]),
+            saved_rm_config(json.loads((d / CONFIG_NAME).read_text())["rm_config"]),
             stage=0,
             score_range=RMConfig().score_range,
         )
