@@ -256,17 +256,19 @@ def test_staged_training_saves_every_stage(fake_data: Path, tmp_path: Path) -> N
     assert json.loads((run / "split.json").read_text())["val_sources"] == ["tex_c"]
 
 
+def _anchor_images(data: Path, crop: int = 48) -> torch.Tensor:
+    from finpercep.rm.dataset import SampleDataset
+
+    ds = SampleDataset(data, train_mod.pick_anchors(load_split(data, ("tex_c",), 0.25), 4, 0), crop=crop)
+    return torch.stack([ds[i]["image"] for i in range(len(ds))])
+
+
 def test_growth_inside_training_keeps_the_anchor_scores(fake_data: Path, tmp_path: Path) -> None:
     """L_align's reference for RM_k is RM_{k-1}'s anchor scores: the stage-0 model reproduces them."""
     train(_cfg(fake_data, tmp_path / "run", stages=1, curves="off"), TINY)
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
     rm0 = RewardModel.from_pretrained(tmp_path / "run", stage=0)
-    split = load_split(fake_data, ("tex_c",), 0.25)
-    anchors = train_mod.pick_anchors(split, 4, 0)
-    from finpercep.rm.dataset import SampleDataset
-
-    ds = SampleDataset(fake_data, anchors, crop=48)
-    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    x = _anchor_images(fake_data)
     torch.testing.assert_close(train_mod.anchor_scores(rm0, x, 8), state["anchor_ref"], rtol=0, atol=1e-6)
 
 
@@ -583,13 +585,6 @@ def test_chain_repeats_get_their_own_crop(fake_data: Path) -> None:
     a, b = ds[1], ds[1 + n]
     assert a["ids"] == b["ids"] and not torch.equal(a["images"], b["images"])
     assert torch.equal(ds[1]["images"], a["images"])
-
-
-def _anchor_images(data: Path, crop: int = 48) -> torch.Tensor:
-    from finpercep.rm.dataset import SampleDataset
-
-    ds = SampleDataset(data, train_mod.pick_anchors(load_split(data, ("tex_c",), 0.25), 4, 0), crop=crop)
-    return torch.stack([ds[i]["image"] for i in range(len(ds))])
 
 
 def test_init_fine_tunes_the_stages_of_a_trained_model(fake_data: Path, tmp_path: Path) -> None:

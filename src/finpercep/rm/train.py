@@ -717,7 +717,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
     root = Path(cfg.data)
     split = load_split(root, cfg.val_sources, cfg.val_fraction, cfg.train_sr_models)
 
-    # configuration and resume point: rank 0 checks and writes, the others read what it wrote
+    # --init: the checkpoint's stages, whose architecture the run takes
     init_dirs = init_stages(cfg.init) if cfg.init else {}
     if init_dirs:
         arch = init_architecture(init_dirs)
@@ -725,6 +725,7 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
         if given != arch:
             raise FinPercepError(f"--init {cfg.init} has another architecture than the given model config")
         model_cfg = arch
+    # configuration and resume point: rank 0 checks and writes, the others read what it wrote
     problem = ""
     if d.main:
         try:
