@@ -35,7 +35,7 @@ test-extras: $(XSTAMP)
 	$(XVENV)/bin/python -m pytest -p no:cacheprovider tests/test_rl_parts.py tests/test_rm_encoders.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

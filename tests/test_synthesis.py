@@ -205,8 +205,18 @@ def test_config_validation():
         SynthesisConfig(shard_index=2, num_shards=2)
     with pytest.raises(ConfigError, match="unknown embedded photos"):
         SynthesisConfig(photos=("grass", "nope"))
-    with pytest.raises(ConfigError, match="not both"):
-        SynthesisConfig(photos=("grass",), hr=("somewhere",))
+
+
+def test_hr_folders_and_embedded_photos_build_together(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+        Image.fromarray(np.full((80, 90, 3), 100, np.uint8)).save(tmp_path / split / "a.png")
+    out = tmp_path / "mixed"
+    cfg = _cfg(out, num=3, photos=("grass",), hr=(str(tmp_path / "train"), str(tmp_path / "val")))
+    build(cfg, progress=False)
+    sources = [r["source_image"] for r in read_manifest(out) if r["role"] == "gt"]
+    # group i takes photo i mod 3 of [embedded..., folders...]; folder photos are named by their folder
+    assert sources == ["grass", "train/a.png", "val/a.png"]
 
 
 def test_grayscale_embedded_photos_build_as_rgb(tmp_path):

@@ -95,6 +95,15 @@ def _cmd_data_photos(ns: argparse.Namespace) -> None:
         _out(f"{name:22s} {w:5d}x{h:<5d} {'colour (default)' if name in COLOUR_PHOTOS else 'grayscale'}")
 
 
+def _cmd_data_photos_fetch(ns: argparse.Namespace) -> None:
+    from .data.corpus import CorpusConfig, corpus_summary, fetch
+
+    index = fetch(from_args(CorpusConfig, ns), progress=not ns.quiet)
+    for split, s in sorted(corpus_summary(index).items()):
+        _out(f"{index.parent / split}: {s['photos']} photos, {s['copies']} copies")
+    _out(f"{index}: every copy with its photo, package, licence and downscale factor")
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="FGR dataset synthesis and inspection")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
@@ -111,8 +120,21 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_cmd_data_show)
     ls = dsub.add_parser("models", help="list the SR sources")
     ls.set_defaults(func=_cmd_data_models)
-    ph = dsub.add_parser("photos", help="list the embedded photos (names for --photos)")
+    ph = dsub.add_parser(
+        "photos", help="list the embedded photos (names for --photos); `photos fetch`: the photo corpus"
+    )
     ph.set_defaults(func=_cmd_data_photos)
+    phsub = ph.add_subparsers(dest="photos_cmd")
+    phsub.add_parser("list", help="list the embedded photos").set_defaults(func=_cmd_data_photos)
+    from .data.corpus import CorpusConfig
+
+    fe = phsub.add_parser(
+        "fetch",
+        help="rebuild the photo corpus (real photographs from Debian packages) as train/val/test folders",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_arguments(fe, CorpusConfig)
+    fe.set_defaults(func=_cmd_data_photos_fetch)
 
 
 # --- rm / score -----------------------------------------------------------------------------------

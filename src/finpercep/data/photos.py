@@ -113,10 +113,18 @@ def _read_size(path: Path) -> tuple[int, int]:
 
 
 def folder_photos(roots: Sequence[str | Path]) -> list[Photo]:
-    """Every image below the given folders (recursive), sorted; unreadable headers are skipped."""
+    """Every image below the given folders (recursive), sorted; unreadable headers are skipped.
+
+    A photo's name is its path relative to its folder; with several folders it starts with the folder's
+    own name (``train/a.png``, ``val/b.png``), so that patterns such as ``val/*`` select by folder.
+    """
+    roots = [Path(r) for r in roots]
+    prefixed = len(roots) > 1
+    labels = [r.name for r in roots]
+    if prefixed and len(set(labels)) != len(labels):
+        raise FinPercepError(f"HR folders {[str(r) for r in roots]}: give folders with different names")
     photos: list[Photo] = []
     for root in roots:
-        root = Path(root)
         files = list_images(root)
         if not files:
             raise FinPercepError(f"{root}: no images found (looked for png, jpg, webp, tif, bmp)")
@@ -127,7 +135,8 @@ def folder_photos(roots: Sequence[str | Path]) -> list[Photo]:
             except ImageError as exc:
                 log.warning("skipping %s", exc)
                 continue
-            photos.append(Photo(f.relative_to(base).as_posix(), size, f))
+            rel = f.relative_to(base).as_posix()
+            photos.append(Photo(f"{root.name}/{rel}" if prefixed else rel, size, f))
     return photos
 
 

@@ -44,11 +44,15 @@ class SynthesisConfig:
     """FGR data synthesis (``finpercep data build``)."""
 
     out: str = option("runs/fgr", help="output dataset folder")
-    hr: tuple[str, ...] = option((), help="HR photo folders (recursive); empty: scikit-image's photos")
+    hr: tuple[str, ...] = option(
+        (),
+        help="HR photo folders (recursive; with several, photo names start with the folder's name); empty: "
+        "the embedded photos",
+    )
     photos: tuple[str, ...] = option(
         (),
-        help="embedded photos used when hr is empty (see `finpercep data photos`); empty: the colour ones; "
-        "all: every one",
+        help="embedded photos (see `finpercep data photos`), used beside the hr folders; empty: the colour "
+        "ones when hr is empty, none otherwise; all: every one",
     )
     num: int = option(
         200, help="number of GT crops (groups); each yields 1 + 3 x (number of SR sources) samples"
@@ -91,7 +95,6 @@ class SynthesisConfig:
         named = () if self.photos == ("all",) else self.photos
         unknown = sorted(set(named) - set(EMBEDDED_PHOTOS))
         check(not unknown, f"unknown embedded photos {unknown}; available: {sorted(EMBEDDED_PHOTOS)}")
-        check(not (self.photos and self.hr), "give hr folders or embedded photos, not both")
         check(len(set(self.sr_models)) == len(self.sr_models), f"duplicate SR sources in {self.sr_models}")
         for spec in self.sr_folders:
             check("=" in spec and all(spec.split("=", 1)), f"sr_folders entries are NAME=DIR, got {spec!r}")
@@ -125,7 +128,9 @@ def _sr_sources(cfg: SynthesisConfig) -> list[Any]:
 
 
 def _photos(cfg: SynthesisConfig) -> list[Photo]:
-    photos = folder_photos(cfg.hr) if cfg.hr else embedded_photos(cfg.photos)
+    photos = embedded_photos(cfg.photos) if cfg.photos or not cfg.hr else []
+    if cfg.hr:
+        photos += folder_photos(cfg.hr)
     return usable_photos(photos, cfg.hr_size)
 
 
