@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.finpercep-installed
 
-.PHONY: demo test test-extras lint bench clean
+.PHONY: demo test test-extras lint bench clean corpus
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# the photo corpus (real photographs from Debian packages; needs apt-get and the package registry):
+# train/, val/, test/ under runs/photos, every checksum verified against src/finpercep/assets/photo_corpus.tsv
+corpus: $(STAMP)
+	$(VENV)/bin/finpercep data photos fetch --out runs/photos
