@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from finpercep.cli import main as cli_main
 from finpercep.dist import fingerprint as weights_fingerprint
 from finpercep.errors import ConfigError, FinPercepError
 from finpercep.io import atomic_path
@@ -23,7 +24,7 @@ from finpercep.rm import train as train_mod
 from finpercep.rm.dataset import ChainDataset, load_split, split_sources
 from finpercep.rm.fakedata import write_fake_dataset
 from finpercep.rm.metrics import misorder, spearman
-from finpercep.rm.train import RMTrainConfig, evaluate_checkpoint, train
+from finpercep.rm.train import RMTrainConfig, evaluate_checkpoint, export_stages, train
 
 TINY = RMConfig(cnn_widths=(8, 12, 16), cnn_blocks=(1, 1, 1), head_hidden=8, decoder_widths=(4, 8, 8))
 
@@ -147,6 +148,10 @@ def test_chain_with_a_mask_of_the_wrong_size_names_the_file(fake_data: Path, tmp
 # ---------------------------------------------------------------- training
 
 
+def final_val(run: Path) -> dict:
+    return json.loads((run / "stage_2" / "metrics.json").read_text())["val"]
+
+
 def test_staged_training_saves_every_stage(fake_data: Path, tmp_path: Path) -> None:
     last = train(_cfg(fake_data, tmp_path / "run", export=str(tmp_path / "exp")), TINY)
     run = tmp_path / "run"
@@ -160,6 +165,16 @@ def test_staged_training_saves_every_stage(fake_data: Path, tmp_path: Path) -> N
         with torch.no_grad():
             ref = RewardModel.from_pretrained(run, stage=k)(x)
             torch.testing.assert_close(exported(x).score, ref.score, atol=2e-3, rtol=1e-2)
+    # `rm export` afterwards writes the same files as --export during training
+    assert cli_main(["-q", "rm", "export", str(run), "--out", str(tmp_path / "exp2")]) == 0
+    for k in range(3):
+        name = f"stage_{k}/model.safetensors"
+        assert (tmp_path / "exp2" / name).read_bytes() == (tmp_path / "exp" / name).read_bytes()
+    prov = json.loads((tmp_path / "exp2" / "provenance.json").read_text())
+    assert prov["val_sources"] == json.loads((run / "split.json").read_text())["val_sources"]
+    assert prov["stages"]["stage_2"]["val"] == final_val(run)
+    with pytest.raises(FinPercepError, match="not a reward-model run"):
+        export_stages(tmp_path / "exp", tmp_path / "exp3")
     held_out = evaluate_checkpoint(fake_data, run, sources=("tex_c",))  # the run's own validation, re-done
     final = json.loads((run / "stage_2" / "metrics.json").read_text())
     assert held_out["stage"] == 2 and held_out["samples"] == 14 and held_out["chains"] == 4
@@ -176,8 +191,6 @@ def test_staged_training_saves_every_stage(fake_data: Path, tmp_path: Path) -> N
     assert all(0.0 <= v["area_order"] <= 1.0 for v in by_model.values())
     sep = held_out["model"]["role_separation"]
     assert set(sep) == {"gt>small", "small>large", "large>sr"} and all(0.0 <= v <= 1.0 for v in sep.values())
-    from finpercep.cli import main as cli_main
-
     assert (
         cli_main(
             [

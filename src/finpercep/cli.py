@@ -155,6 +155,15 @@ def _add_rm(sub: argparse._SubParsersAction) -> None:
     add_arguments(t, RMConfig, prefix="model_", skip=("stage",))
     t.set_defaults(func=_cmd_rm_train)
 
+    x = rsub.add_parser(
+        "export",
+        help="copy a finished run's RM_0 ... RM_N with float16 weights and provenance.json (e.g. the seed "
+        "you picked by validation)",
+    )
+    x.add_argument("run", help="reward-model run folder (finpercep rm train --out)")
+    x.add_argument("--out", required=True, help="export folder, e.g. src/finpercep/assets/rm_default")
+    x.set_defaults(func=_cmd_rm_export)
+
     e = rsub.add_parser(
         "eval",
         help="held-out metrics of a saved reward model on an FGR dataset, against the HF-energy baseline",
@@ -209,6 +218,12 @@ def _cmd_rm_train(ns: argparse.Namespace) -> None:
 
     cfg = from_args(RMTrainConfig, ns)
     _out(str(train(cfg, model_config_or_none(cfg, from_args(RMConfig, ns, prefix="model_")))))
+
+
+def _cmd_rm_export(ns: argparse.Namespace) -> None:
+    from .rm.train import export_stages
+
+    _out(str(export_stages(ns.run, ns.out)))
 
 
 def _cmd_rm_eval(ns: argparse.Namespace) -> None:

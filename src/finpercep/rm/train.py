@@ -1059,21 +1059,31 @@ def train(cfg: RMTrainConfig, model_cfg: RMConfig | None = None) -> Path:
         }
         atomic_write_json(out / "summary.json", {"stages": summary, "baseline": baseline})
         if cfg.export:
-            export_stages(out, Path(cfg.export), cfg, split)
+            export_stages(out, cfg.export)
     D.teardown(d)
     return out / f"stage_{cfg.stages}"
 
 
-def export_stages(run: Path, dest: Path, cfg: RMTrainConfig, split: Split) -> Path:
-    """Copy RM_0..RM_N of ``run`` to ``dest`` with float16 weights, plus ``provenance.json``."""
+def export_stages(run: str | Path, dest: str | Path) -> Path:
+    """Copy RM_0..RM_N of a finished run to ``dest`` with float16 weights, plus ``provenance.json`` (the
+    run's training and model configuration, photos and every stage's validation metrics)."""
+    run, dest = Path(run), Path(dest)
+    for name in ("train_config.json", "model_config.json", "split.json"):
+        if not (run / name).is_file():
+            raise FinPercepError(f"{run}: not a reward-model run (no {name})")
+    train_cfg = json.loads((run / "train_config.json").read_text())
+    split = json.loads((run / "split.json").read_text())
+    stages = sorted(int(p.name.split("_")[1]) for p in run.glob("stage_*") if (p / "metrics.json").is_file())
+    if stages != list(range(int(train_cfg["stages"]) + 1)):
+        raise FinPercepError(f"{run}: stages {stages} saved, RM_0 ... RM_{train_cfg['stages']} needed")
     dest.mkdir(parents=True, exist_ok=True)
-    stages = {}
-    for k in range(cfg.stages + 1):
+    summary = {}
+    for k in stages:
         model = RewardModel.from_pretrained(run, stage=k)
         model.save_pretrained(dest / f"stage_{k}", dtype=torch.float16)
         metrics = json.loads((run / f"stage_{k}" / "metrics.json").read_text())
         atomic_write_json(dest / f"stage_{k}" / "metrics.json", metrics)
-        stages[f"stage_{k}"] = {
+        summary[f"stage_{k}"] = {
             "parameters": metrics.get("parameters"),
             "val": metrics.get("val"),
             "beats_baseline": metrics.get("beats_baseline"),
@@ -1081,16 +1091,16 @@ def export_stages(run: Path, dest: Path, cfg: RMTrainConfig, split: Split) -> Pa
     atomic_write_json(
         dest / "provenance.json",
         {
-            "train_config": {**to_dict(cfg), "out": str(run), "export": str(dest)},
+            "train_config": {**train_cfg, "out": str(run), "export": str(dest)},
             "model_config": json.loads((run / "model_config.json").read_text()),
-            "train_sources": split.train_sources,
-            "val_sources": split.val_sources,
-            "train_chains": len(split.train_chains),
-            "val_samples": len(split.val_samples),
-            "stages": stages,
+            "train_sources": split["train_sources"],
+            "val_sources": split["val_sources"],
+            "train_chains": split["train_chains"],
+            "val_samples": split["val_samples"],
+            "stages": summary,
         },
     )
-    logger.info("exported RM_0..RM_%d to %s", cfg.stages, dest)
+    logger.info("exported RM_0..RM_%d to %s", stages[-1], dest)
     return dest
 
 
