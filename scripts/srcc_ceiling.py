@@ -1,7 +1,7 @@
 """Where SRCC(score, -defect area) is lost: the SRCC if one role were perfectly separated. Read-only analysis.
 
     finpercep rm eval --data runs/fgr_unseen --per-sample runs/ps_unseen.jsonl
-    python benchmarks/srcc_ceiling.py runs/ps_unseen.jsonl
+    python scripts/srcc_ceiling.py runs/ps_unseen.jsonl
 
 For an ``rm eval --per-sample`` file, prints the SRCC of the scores and what it would be if the model ranked
 every GT crop above every other sample (``gt_on_top``), every whole SR output below every other sample

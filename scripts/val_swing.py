@@ -4,7 +4,7 @@ Reads ``history.jsonl`` of ``finpercep rm train`` runs and prints, per run and m
 change between consecutive validation epochs from RM_1 on (RM_0 has no map), and the final values. A
 difference between two runs smaller than this swing is not evidence that one recipe is better.
 
-    python benchmarks/val_swing.py runs/rm_crop runs/rm_ema
+    python scripts/val_swing.py runs/rm_crop runs/rm_ema
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Reliability of the local launcher: how many of N two-process launches of a small gloo job fail.
 
-    python benchmarks/launch_exits.py --launches 80
+    python scripts/launch_exits.py --launches 80
 
 Each launch runs ``finpercep.dist.launch`` with a job that all-reduces a tensor a few times, then exits.
 Before git 9db5fa1 the spawned processes left their gloo group to interpreter exit, and 3 of 40 launches

@@ -2,7 +2,7 @@
 
     finpercep rm eval --data runs/fgr_unseen --checkpoint runs/rm_a --per-sample runs/ps_a.jsonl
     finpercep rm eval --data runs/fgr_unseen --checkpoint runs/rm_b --per-sample runs/ps_b.jsonl
-    python benchmarks/ensemble_srcc.py runs/ps_a.jsonl runs/ps_b.jsonl
+    python scripts/ensemble_srcc.py runs/ps_a.jsonl runs/ps_b.jsonl
 
 Takes the ``--per-sample`` files of several checkpoints on one dataset and prints the SRCC of each and of
 two ensembles: the mean of the raw scores and the mean of the scores standardised per model (so a model

@@ -10,7 +10,7 @@ super-resolved by ``--sr-model``) on the training photos of an FGR dataset, and 
 If ``unpaired_auc`` is high while the reward model's map stays dark on that SR model, the encoder can see the
 difference and the reward model's objective is what misses it.
 
-    python benchmarks/probe_sr_detect.py --data runs/fgr_v2 --sr-model realesrgan-x4plus --json out.json
+    python scripts/probe_sr_detect.py --data runs/fgr_v2 --sr-model realesrgan-x4plus --json out.json
 """
 
 from __future__ import annotations
