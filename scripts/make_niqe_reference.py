@@ -31,7 +31,7 @@ OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "niqe_referenc
 
 
 def box_blur(img: np.ndarray, size: int) -> np.ndarray:
-    """Mean over ``size x size`` windows (edges replicated), rounded back to uint8 (no ties: sums / size^2)."""
+    """Mean over ``size x size`` windows (edges replicated), rounded to uint8 (sums / size^2: no ties)."""
     a = img.astype(np.int64)
     pad = size // 2
     spec = [(pad, pad), (pad, pad)] + [(0, 0)] * (a.ndim - 2)
@@ -66,7 +66,7 @@ def reference_images() -> dict[str, tuple[str, np.ndarray]]:
         "chelsea": ("skimage.data.chelsea()", chelsea),
         "camera": ("skimage.data.camera() (grayscale)", camera),
         "astronaut_blur5": ("box_blur(astronaut, 5)", box_blur(astronaut, 5)),
-        "coffee_noise40": ("add_noise(coffee, 40): lattice_noise in [-40, 40], clipped", add_noise(coffee, 40)),
+        "coffee_noise40": ("add_noise(coffee, 40): hash noise in [-40, 40], clipped", add_noise(coffee, 40)),
         "camera_blur3": ("box_blur(camera, 3)", box_blur(camera, 3)),
     }
 
