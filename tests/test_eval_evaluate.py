@@ -147,7 +147,8 @@ def test_run_eval_writes_json_and_csv_that_agree(tmp_path: Path, judge: RewardMo
     assert res["num_pairs"] == len(rows) == 3
     for key in ("psnr", "ssim_y", "artifact_frac", "judge"):
         assert res["metrics"][key] == pytest.approx(np.mean([float(r[key]) for r in rows]), rel=1e-6)
-    assert set(res["unavailable"]) == {"lpips", "musiq", "maniqa", "clipiqa"}
+    assert set(res["unavailable"]) == {"lpips", "musiq", "maniqa", "clipiqa", "niqe"}  # 64x64 outputs
+    assert "96x96" in res["unavailable"]["niqe"] and "niqe" not in rows[0]
     assert (tmp_path / "ev" / "images" / f"{rows[0]['pair']}_sr.png").is_file()
     assert res["config"]["judge"] == str(tmp_path / "judge")
     assert json.loads(run_eval(cfg).read_text())["metrics"] == res["metrics"]  # deterministic

@@ -1,5 +1,5 @@
-"""Evaluation of SR generators: PSNR/SSIM, the GT-based artifact measure, a held-out judge reward model
-and the paper's IQA metrics (through pyiqa, from local weights only)."""
+"""Evaluation of SR generators: PSNR/SSIM, the GT-based artifact measure, a held-out judge reward model,
+the paper's IQA metrics (through pyiqa, from local weights only) and NIQE."""
 
 from .evaluate import (
     EVAL_PHOTOS,

@@ -14,7 +14,10 @@ Per pair (means in ``eval.json``, every pair in ``per_image.csv``):
   score of the HR images, for scale;
 * ``score:<name>``: scores of further reward models (e.g. the training rewards RM_0 and RM_N);
 * ``lpips``, ``musiq``, ``maniqa``, ``clipiqa`` via :mod:`.pyiqa_metrics` when their weights are local;
-  otherwise ``eval.json`` lists them under ``unavailable`` with the reason.
+  otherwise ``eval.json`` lists them under ``unavailable`` with the reason;
+* ``niqe`` (no-reference, lower is better; :mod:`.niqe`, the MATLAB release's model) of the 8-bit output
+  with the same border crop, when every output keeps at least 96x96 pixels after it; otherwise it is
+  listed under ``unavailable``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from ..errors import FinPercepError, ImageError
 from ..io import atomic_write_json, atomic_write_text, list_images, load_image, save_png
 from ..rm.model import RewardModel
 from .metrics import artifact_maps, artifact_stats, psnr, ssim
+from .niqe import BLOCK_SIZE as NIQE_BLOCK
+from .niqe import niqe as niqe_score
 from .pyiqa_metrics import IQA_NAMES, IQAScorer
 
 logger = logging.getLogger(__name__)
@@ -51,7 +56,7 @@ EVAL_PHOTOS: tuple[str, ...] = ("coffee", "motorcycle_left")
 EVAL_JSON = "eval.json"
 PER_IMAGE_CSV = "per_image.csv"
 BASE_METRICS = ("psnr", "psnr_y", "ssim", "ssim_y", "artifact_frac", "artifact_mean")
-LOWER_BETTER = {"artifact_frac", "artifact_mean", "lpips"}
+LOWER_BETTER = {"artifact_frac", "artifact_mean", "lpips", "niqe"}
 
 Generator = Callable[[torch.Tensor], torch.Tensor]
 
@@ -80,6 +85,7 @@ class EvalConfig:
     crop_border: int | None = option(None, help="border pixels ignored by PSNR/SSIM; none = the scale")
     iqa: tuple[str, ...] = option(IQA_NAMES, help="pyiqa metrics to compute when their weights are local")
     iqa_weights: str | None = option(None, help="folder with the pyiqa weight files (nothing is downloaded)")
+    niqe: bool = option(True, help="NIQE of every output (needs 96x96 pixels after the border crop)")
     batch_size: int = option(4, help="pairs per forward pass")
     save_outputs: int = option(4, help="write this many outputs (with LR and HR) as PNG")
     out: str = option("runs/eval", help="output folder")
@@ -239,27 +245,33 @@ def evaluate(
     gtmap: GTMapConfig | None = None,
     batch_size: int = 4,
     keep_outputs: int = 0,
+    niqe: bool = False,
 ) -> EvalResult:
     """Run ``generator`` (``[B, 3, h, w] -> [B, 3, s*h, s*w]``) on every pair and measure its outputs.
 
-    ``judge`` gives ``judge`` (and ``judge_hr``); each of ``scorers`` gives ``score:<name>``. The result is
+    ``judge`` gives ``judge`` (and ``judge_hr``); each of ``scorers`` gives ``score:<name>``; ``niqe`` adds
+    ``niqe`` when every output is large enough (else ``unavailable['niqe']`` says why). The result is
     deterministic for a deterministic generator.
     """
     if not pairs:
         raise FinPercepError("no evaluation pairs")
     scorers = dict(scorers or {})
+    niqe_why = _niqe_too_small(pairs, crop_border) if niqe else ""
+    use_niqe = niqe and not niqe_why
     was_training = isinstance(generator, torch.nn.Module) and generator.training
     if isinstance(generator, torch.nn.Module):
         generator.eval()
     try:
         rows, outputs = _measure(generator, pairs, judge, scorers, iqa, tau, crop_border, gtmap, batch_size,
-                                 keep_outputs)
+                                 keep_outputs, use_niqe)
     finally:
         if was_training:
             generator.train()  # type: ignore[union-attr]
     keys = [k for k in rows[0] if k != "pair"]
     metrics = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     unavailable = {n: s.reason for n, s in iqa.status.items() if not s.available} if iqa is not None else {}
+    if niqe_why:
+        unavailable["niqe"] = niqe_why
     logger.info("%s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return EvalResult(metrics, rows, unavailable, outputs, {"tau": tau})
 
@@ -275,6 +287,7 @@ def _measure(
     gtmap: GTMapConfig | None,
     batch_size: int,
     keep_outputs: int,
+    use_niqe: bool = False,
 ) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     rows: list[dict[str, Any]] = []
     outputs: list[np.ndarray] = []
@@ -308,6 +321,8 @@ def _measure(
             row["ssim"] = ssim(sr_np[j], hr_np[j], crop_border=border)
             row["ssim_y"] = ssim(sr_np[j], hr_np[j], crop_border=border, y_channel=True)
             row["artifact_frac"], row["artifact_mean"] = stats[j].fraction, stats[j].mean
+            if use_niqe:
+                row["niqe"] = _niqe_or_nan(sr_np[j], border, p.name)
             for k, v in extra.items():
                 row[k] = float(v[j])
             rows.append(row)
@@ -315,6 +330,27 @@ def _measure(
                 outputs.append(sr_np[j])
     logger.info("evaluated %d pairs in %.1fs", len(rows), time.perf_counter() - t0)
     return rows, outputs
+
+
+def _niqe_too_small(pairs: Sequence[EvalPair], crop_border: int | None) -> str:
+    """Why NIQE cannot measure every output (outputs have the HR size), or ``""`` when it can."""
+    for p in pairs:
+        border = p.hr.shape[0] // p.lr.shape[0] if crop_border is None else crop_border
+        h, w = (max(n - 2 * border, 0) for n in p.hr.shape[:2])
+        if min(h, w) < NIQE_BLOCK:
+            return (
+                f"NIQE needs {NIQE_BLOCK}x{NIQE_BLOCK} pixels after the {border} px border crop, but output "
+                f"{p.name} leaves {w}x{h}"
+            )
+    return ""
+
+
+def _niqe_or_nan(img: np.ndarray, border: int, name: str) -> float:
+    try:
+        return niqe_score(img, crop_border=border)
+    except FinPercepError as exc:  # e.g. a flat output: NIQE is undefined, the other metrics still count
+        logger.warning("NIQE of %s: %s", name, exc)
+        return math.nan
 
 
 def _device(generator: Generator) -> torch.device:
@@ -412,6 +448,7 @@ def run_eval(cfg: EvalConfig) -> Path:
         crop_border=cfg.crop_border,
         batch_size=cfg.batch_size,
         keep_outputs=cfg.save_outputs,
+        niqe=cfg.niqe,
     )
     extra = {"generator": loaded.source, "scale": loaded.scale, "config": to_dict(cfg)}
     return write_result(result, cfg.out, extra, pairs)
