@@ -58,6 +58,42 @@ def test_quick_demo_rerun_resumes_without_redoing_work(demo_out) -> None:
     assert (weights.stat().st_mtime_ns, row_eval.stat().st_mtime_ns, row_eval.read_bytes()) == before
 
 
+def test_quick_demo_table_is_byte_identical_in_another_folder(
+    demo_out, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same seed, same table: another output folder (a relative path this time), two synthesis processes
+    instead of one and another caller thread count change no byte of table.md or table.json (neither holds
+    a path or a time; report.html names the folders and is not compared)."""
+    import torch
+
+    out, report = demo_out
+    monkeypatch.chdir(tmp_path)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        again = run_demo(DemoConfig(out="again", preset="quick", workers=2), progress=False)
+        assert torch.get_num_threads() == 1  # the demo pins its own count and gives the caller's back
+    finally:
+        torch.set_num_threads(before)
+    first, second = out, tmp_path / "again"
+    assert again.resolve() == (second / "experiment" / "report" / "report.html").resolve()
+    # where they part, for the message: the data, the reward models, the RL weights, the evaluations
+    steps = [
+        "data/manifest.jsonl",
+        "rm/stage_0/model.safetensors",
+        "rm/stage_2/model.safetensors",
+        "judge/rm/stage_2/model.safetensors",
+        "experiment/rows/baseline/eval.json",
+        "experiment/rows/global/generator.safetensors",
+        "experiment/rows/finpercep_ccl/eval.json",
+    ]
+    parted = next((f for f in steps if (first / f).read_bytes() != (second / f).read_bytes()), None)
+    for name in ("table.md", "table.json"):
+        a = (first / "experiment" / "report" / name).read_bytes()
+        b = (second / "experiment" / "report" / name).read_bytes()
+        assert a == b, f"{name} differs between two runs with the same seed; first different file: {parted}"
+
+
 def test_demo_cli_presets() -> None:
     from finpercep.cli import build_parser
     from finpercep.config import from_args

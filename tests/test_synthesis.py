@@ -219,6 +219,24 @@ def test_hr_folders_and_embedded_photos_build_together(tmp_path):
     assert sources == ["grass", "train/a.png", "val/a.png"]
 
 
+def test_in_process_build_leaves_the_callers_thread_counts(tmp_path):
+    """A one-worker build pins torch and OpenCV to 1 thread while it runs, then gives the caller back its
+    own: a reward model trained next in the same process must round as it would after a multi-process build
+    (the demo's table once depended on ``--workers`` this way)."""
+    import cv2
+    import torch
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(2)
+    cv2.setNumThreads(2)
+    try:
+        build(_cfg(tmp_path / "t", num=2, photos=("grass", "gravel"), workers=1), progress=False)
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (2, 2)
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
+
+
 def test_grayscale_embedded_photos_build_as_rgb(tmp_path):
     out = tmp_path / "gray"
     build(_cfg(out, num=2, photos=("grass", "gravel")), progress=False)

@@ -11,6 +11,11 @@ Steps (each resumable: re-running the same command continues where a killed run 
 
 The ``full`` preset is the README's main job (about 5 minutes on 2 CPU cores); ``quick`` is a smoke run
 of every step at toy scale (under a minute), whose numbers mean nothing.
+
+The same seed gives the same table, byte for byte, whatever the output folder, the number of ``workers``
+and the number of cores: every step runs on the CPU with ``threads`` torch threads (the rounding of a
+convolution or matrix product depends on how many threads split it, so torch's default, the machine's core
+count, would make the numbers depend on the machine), and every random draw comes from the seed.
 """
 
 from __future__ import annotations
@@ -106,14 +111,31 @@ class DemoConfig:
     preset: Literal["full", "quick"] = option("full", help="full: the README's demo; quick: a smoke run")
     seed: int = option(0, help="random seed of every step (the judge uses seed + 1)")
     workers: int = option(2, help="data synthesis processes")
+    threads: int = option(
+        2, help="torch threads of every step (fixed, not the core count: the numbers depend on it)"
+    )
 
     def __post_init__(self) -> None:
         check(bool(self.out), "out must be a folder")
         check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
+        check(self.threads >= 1, f"threads must be >= 1, got {self.threads}")
 
 
 def run_demo(cfg: DemoConfig, *, progress: bool = True) -> Path:
-    """Run every step and return the path of the report (HTML)."""
+    """Run every step and return the path of the report (HTML).
+
+    Every step runs with ``cfg.threads`` torch threads; the caller's thread count is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _run_demo(cfg, progress=progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_demo(cfg: DemoConfig, *, progress: bool) -> Path:
     from .data.show import contact_sheet
     from .data.synthesis import SynthesisConfig, build
     from .eval.judge import JudgeConfig, build_judge
@@ -145,6 +167,8 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> Path:
             max_steps_per_epoch=p.rm_steps_per_epoch,
             max_val_samples=p.rm_val_samples,
             seed=cfg.seed,
+            device="cpu",  # as the judge and RL do ("auto" takes a GPU when there is one: other numbers)
+            threads=cfg.threads,
             progress=progress,
         )
     )
@@ -157,6 +181,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> Path:
             sr_models=p.sr_models,
             seed=cfg.seed + 1,
             workers=cfg.workers,
+            threads=cfg.threads,
             progress=progress,
             like=str(rm_dir),
         )
@@ -178,6 +203,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> Path:
             num_pairs=p.num_pairs,
             curve_pairs=p.curve_pairs,
             report_crops=min(3, p.num_pairs),
+            threads=cfg.threads,
             progress=progress,
         )
     )

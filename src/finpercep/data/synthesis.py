@@ -302,6 +302,24 @@ def _init_worker(cfg_json: dict[str, Any], out: str) -> None:
     _WORKER = _Worker(config_from_json(cfg_json), Path(out))
 
 
+def _thread_counts() -> tuple[int, int]:
+    import cv2
+    import torch
+
+    return torch.get_num_threads(), cv2.getNumThreads()
+
+
+def _set_thread_counts(torch_threads: int, cv2_threads: int) -> None:
+    """Undo :class:`_Worker`'s thread settings after an in-process build: the caller's later steps (a
+    reward model trained in the same process) must not run, and round, with however many threads the
+    synthesis left them."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    cv2.setNumThreads(cv2_threads)
+
+
 def _run_group(task: tuple[int, Photo]) -> tuple[int, list[dict[str, Any]] | None, str | None]:
     index, photo = task
     assert _WORKER is not None
@@ -393,10 +411,12 @@ def build(cfg: SynthesisConfig, *, progress: bool = True) -> Path:
     bar = tqdm(total=total, initial=total - len(tasks), desc="synthesis", unit="group", disable=not progress)
     cfg_json = config_to_json(cfg)
     pool = None
+    restore_threads = None
     try:
         if cfg.workers == 1 or len(tasks) <= 1:
             if tasks:
-                _init_worker(cfg_json, str(out))
+                restore_threads = _thread_counts()
+                _init_worker(cfg_json, str(out))  # pins torch and OpenCV to 1 thread, in this process
             results: Iterator[Any] = map(_run_group, tasks)
         else:
             workers = min(cfg.workers, len(tasks))
@@ -414,6 +434,8 @@ def build(cfg: SynthesisConfig, *, progress: bool = True) -> Path:
     finally:
         if pool is not None:
             pool.terminate()
+        if restore_threads is not None:
+            _set_thread_counts(*restore_threads)
         bar.close()
     samples, errors = collect_records(cfg, out)
     n = write_manifest(out / MANIFEST, samples)
