@@ -269,12 +269,16 @@ class OneStepDiffusionSR(GeneratorAdapter):
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         missing = self._trainable_names() - set(state)
         unexpected = set(state) - self._trainable_names()
+        hint = "was it made with another --lora-rank or --vae-lora?"
         if missing or unexpected:
             raise FinPercepError(
                 f"checkpoint does not fit this LoRA (missing {sorted(missing)[:3]}, "
-                f"unexpected {sorted(unexpected)[:3]}): was it made with another --lora-rank or --vae-lora?"
+                f"unexpected {sorted(unexpected)[:3]}): {hint}"
             )
-        self.load_state_dict(state, strict=False)
+        try:
+            self.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # same names, other shapes
+            raise FinPercepError(f"checkpoint does not fit this LoRA: {hint} {str(exc)[:300]}") from None
 
     def export_state(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
