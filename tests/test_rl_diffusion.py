@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
@@ -178,6 +178,19 @@ def test_resume_export_and_reload_round_trip(tmp_path: Path, rm_dir: Path) -> No
         # --lora FILE merges the same deltas into the base model
         merged = tiny(lora=str(whole / "generator.safetensors"))
         assert torch.allclose(merged(lr), trained(lr), atol=1e-5)
+        # ... and so does a peft folder of the same LoRA (prefixed keys, adapter name, alpha / r = 2)
+        peft_dir = tmp_path / "peft"
+        peft_dir.mkdir()
+        (peft_dir / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 4}))
+        exported = load_file(str(whole / "generator.safetensors"))
+        peft_state = {
+            f"base_model.model.{k.removeprefix('unet.').replace('.weight', '.x.weight')}": v / 2
+            if ".lora_B." in k
+            else v
+            for k, v in exported.items()
+        }
+        save_file(peft_state, str(peft_dir / "adapter_model.safetensors"))
+        assert torch.allclose(tiny(lora=str(peft_dir))(lr), trained(lr), atol=1e-5)
     with pytest.raises(FinPercepError, match="build_adapter"):
         build_generator(str(whole))
     with pytest.raises(FinPercepError, match="another --lora-rank"):

@@ -9,6 +9,7 @@ from a fixed seed, for tests and CPU smoke runs.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -194,8 +195,9 @@ def read_lora_file(path: str | Path) -> dict[str, torch.Tensor]:
         scaling = float(cfg.get("lora_alpha", cfg["r"])) / float(cfg["r"])
     out = {}
     for key, value in load_file(str(file)).items():
-        key = key.removeprefix("base_model.model.").replace(".lora_A.default.", ".lora_A.")
-        key = key.replace(".lora_B.default.", ".lora_B.")
+        key = re.sub(
+            r"\.lora_([AB])\.[^.]+\.weight$", r".lora_\1.weight", key.removeprefix("base_model.model.")
+        )
         if not key.startswith(("unet.", "vae.")):
             key = f"unet.{key}"
         out[key] = value * scaling if ".lora_B." in key else value
