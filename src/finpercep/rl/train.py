@@ -3,9 +3,9 @@
 ``finpercep rl train --generator NAME_OR_PATH --reward-model DIR --curriculum ccl --out DIR`` and
 ``train(RLConfig(...))`` run the same code. Algorithms:
 
-* ``grpo`` -- Gaussian policy over the generator output (:class:`~.generators.GaussianPolicy`), ``G``
-  samples per LR input, group-normalised advantages, PPO-clipped ratio, exact KL to the frozen
-  reference generator;
+* ``grpo`` -- Gaussian policy over the generator output (:class:`~.generators.GaussianPolicy`; over the
+  predicted latent for one-step diffusion generators, :mod:`.diffusion`), ``G`` samples per LR input,
+  group-normalised advantages, PPO-clipped ratio, exact KL to the frozen reference generator;
 * ``refl`` -- back-propagate the reward of the deterministic output (ReFL / DRaFT), plus
   ``fidelity_weight * MSE`` to the reference generator's output.
 
