@@ -146,10 +146,16 @@ class OneStepDiffusionSR(GeneratorAdapter):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if std <= 0 or scale < 1 or prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise FinPercepError(f"bad settings: std {std}, scale {scale}, prediction {prediction_type!r}")
-        if precision not in PRECISIONS:
-            raise FinPercepError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        problems = [
+            f"policy std must be positive, got {std}" if std <= 0 else "",
+            f"scale must be >= 1, got {scale}" if scale < 1 else "",
+            f"unsupported prediction type {prediction_type!r}"
+            if prediction_type not in ("epsilon", "v_prediction", "sample")
+            else "",
+            f"precision must be fp32, bf16 or fp16, got {precision!r}" if precision not in PRECISIONS else "",
+        ]
+        if any(problems):
+            raise FinPercepError("; ".join(p for p in problems if p))
         self.vae, self.unet, self.scale, self.timestep = vae, unet, scale, timestep
         self.precision, self.prediction_type, self.decode_chunk = precision, prediction_type, 4
         self.sqrt_ab, self.sqrt_1mab = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
