@@ -8,7 +8,9 @@ the adapter interface :class:`GeneratorAdapter` for new generator families, the 
 from ..ema import EMA
 from .curriculum import Curriculum, CurriculumConfig, Transition, plateau_test
 from .generators import (
+    ADAPTER_ENTRIES,
     GENERATOR_ENTRIES,
+    AdapterOptions,
     GaussianPolicy,
     GeneratorAdapter,
     GeneratorEntry,
@@ -37,8 +39,10 @@ from .rewards import (
 from .train import RLConfig, train
 
 __all__ = [
+    "ADAPTER_ENTRIES",
     "EMA",
     "GENERATOR_ENTRIES",
+    "AdapterOptions",
     "Curriculum",
     "CurriculumConfig",
     "GaussianPolicy",

@@ -9,7 +9,11 @@ The trainer only talks to a :class:`GeneratorAdapter`:
 * ``adapter.evaluate(rollout, ref)`` -- differentiable log-probabilities ``[B, n]`` of the rollout's
   actions under the current weights and the KL ``[B]`` to the frozen reference adapter ``ref``;
 * ``adapter.output_kl(out, ref_out)`` -- the same KL between deterministic outputs (logged by ReFL);
-* ``adapter.network`` -- the SR network whose weights are exported.
+* ``adapter.network`` -- the SR network whose weights are exported;
+* ``adapter.reference()`` -- the frozen KL / fidelity reference (default: a frozen deep copy);
+* ``adapter.trainable_state()`` / ``load_trainable_state`` -- what ``state.pt`` keeps (default: everything);
+* ``adapter.export_state()`` / ``load_export_state`` -- what ``generator.safetensors`` holds (default:
+  ``network``'s weights with any LoRA merged).
 
 :class:`GaussianPolicy` implements it for any deterministic SR network (SRVGGNetCompact, RRDBNet, anything
 spandrel loads): the action is the output image, ``a ~ N(net(lr), sigma^2 I)`` with a fixed or learned
@@ -25,7 +29,9 @@ denoiser to the latent mean ``mu_theta(z, lr)``, samples the latent action ``x0 
 stores ``z`` and ``x0`` in ``Rollout.state``/``action``; ``evaluate`` recomputes ``mu_theta(z, lr)`` and
 returns :func:`~.losses.gaussian_log_prob` of ``x0`` and :func:`~.losses.gaussian_kl` to the reference
 denoiser's mean; ``forward`` is the noise-free (or fixed-noise) one-step output; ``network`` is the
-denoiser (with its LoRA). See ``README.md`` in this folder.
+denoiser (with its LoRA). See ``README.md`` in this folder. :mod:`.diffusion` is such an adapter
+(``--generator osediff:DIR`` / ``osediff-tiny``, registered in :data:`ADAPTER_ENTRIES`); it owns its LoRA
+(``owns_lora``) and reads its settings from :class:`AdapterOptions`.
 """
 
 from __future__ import annotations
@@ -92,10 +98,33 @@ class GeneratorAdapter(nn.Module):
     minimum: int = 1
     source: str = ""
     arch: str = ""
+    owns_lora: bool = False  # True: the adapter builds its own LoRA, the trainer's ``apply_lora`` is skipped
 
     @property
     def network(self) -> nn.Module:
         raise NotImplementedError
+
+    def reference(self) -> GeneratorAdapter:
+        """The frozen reference policy of the KL / fidelity terms, equal to this adapter as built."""
+        return frozen_copy(self)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The state a checkpoint must keep to resume (everything the adapter cannot rebuild)."""
+        return self.state_dict()
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(state)
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        """The exported weights: ``network``'s, with any :class:`~.lora.LoRAConv2d` merged."""
+        net = merge_lora(copy.deepcopy(self.network)) if has_lora(self.network) else self.network
+        return net.state_dict()
+
+    def load_export_state(self, state: dict[str, torch.Tensor], where: str) -> None:
+        try:
+            self.network.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise FinPercepError(f"{where}: weights do not fit {self.source!r}: {exc}") from None
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -218,8 +247,72 @@ GENERATOR_ENTRIES: tuple[GeneratorEntry, ...] = tuple(
 )
 
 
+@dataclass(frozen=True)
+class AdapterOptions:
+    """Settings for adapters that own their LoRA and numerics (the one-step diffusion adapter).
+
+    ``lora_rank`` 0 means the adapter's default rank; ``lora`` names LoRA weights merged into the base
+    model before training; ``precision`` is the autocast dtype of the forward passes.
+    """
+
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    lora: str | None = None
+    vae_lora: bool = False
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+    def unsupported(self) -> list[str]:
+        """The options set here that only adapters with ``owns_lora`` understand."""
+        flags = {
+            "--precision": self.precision != "fp32",
+            "--gradient-checkpointing": self.gradient_checkpointing,
+            "--lora": self.lora is not None,
+            "--vae-lora": self.vae_lora,
+        }
+        return [k for k, on in flags.items() if on]
+
+
+@dataclass(frozen=True)
+class AdapterEntry:
+    """A registered adapter: ``name`` exactly, or a prefix ending in ``:`` followed by an argument.
+
+    ``factory`` (``module:function``) is imported lazily and called as
+    ``function(argument_or_None, scale, std, learn_std, options) -> GeneratorAdapter``.
+    """
+
+    name: str
+    factory: str
+    scale: int
+    description: str = ""
+
+
+ADAPTER_ENTRIES: tuple[AdapterEntry, ...] = (
+    AdapterEntry(
+        "osediff:",
+        "finpercep.rl.diffusion_models:osediff_from_folder",
+        4,
+        "osediff:DIR one-step latent diffusion (SD-Turbo / SD 2.x folder, diffusers layout)",
+    ),
+    AdapterEntry(
+        "osediff-tiny",
+        "finpercep.rl.diffusion_models:osediff_tiny",
+        4,
+        "tiny random one-step latent-diffusion SR (tests, any --scale)",
+    ),
+)
+
+
 def generator_names() -> tuple[str, ...]:
-    return tuple(dict.fromkeys(e.name for e in GENERATOR_ENTRIES))
+    return tuple(dict.fromkeys([e.name for e in GENERATOR_ENTRIES] + [e.name for e in ADAPTER_ENTRIES]))
+
+
+def _adapter_entry(name: str) -> AdapterEntry | None:
+    for e in ADAPTER_ENTRIES:
+        if name == e.name or (e.name.endswith(":") and name.startswith(e.name)):
+            return e
+    return None
 
 
 @dataclass(frozen=True)
@@ -237,6 +330,10 @@ class LoadedGenerator:
 def build_generator(name_or_path: str, scale: int | None = None) -> LoadedGenerator:
     """Resolve ``--generator``: a registry name, a folder exported by ``finpercep rl train``, or a
     ``.pth``/``.safetensors`` file that spandrel can load."""
+    if _adapter_entry(name_or_path) is not None:
+        raise FinPercepError(
+            f"generator {name_or_path!r} is a policy adapter, not a plain SR network: use build_adapter"
+        )
     entries = [e for e in GENERATOR_ENTRIES if e.name == name_or_path]
     if entries:
         match = next((e for e in entries if scale is None or e.scale == scale), None)
@@ -262,50 +359,72 @@ def build_generator(name_or_path: str, scale: int | None = None) -> LoadedGenera
 
 
 def build_adapter(
-    name_or_path: str, scale: int | None = None, std: float = 0.05, learn_std: bool = False
+    name_or_path: str,
+    scale: int | None = None,
+    std: float = 0.05,
+    learn_std: bool = False,
+    options: AdapterOptions | None = None,
 ) -> GeneratorAdapter:
     """The policy ``--generator`` names.
 
-    ``package.module:function`` calls ``function(scale)``, which must return a :class:`GeneratorAdapter`
-    (how other generator families, e.g. one-step diffusion models, plug in; such an adapter owns its noise
-    settings, ``std`` and ``learn_std`` do not apply). Anything else goes through
-    :func:`build_generator` and becomes a :class:`GaussianPolicy` with ``std`` (learned per channel if
-    ``learn_std``).
+    A name of :data:`ADAPTER_ENTRIES` (``osediff-tiny``, ``osediff:DIR``) calls its factory with
+    ``options``. ``package.module:function`` calls ``function(scale)``, which must return a
+    :class:`GeneratorAdapter` (how other generator families plug in; such an adapter owns its noise
+    settings, ``std`` and ``learn_std`` do not apply). Anything else goes through :func:`build_generator`
+    and becomes a :class:`GaussianPolicy` with ``std`` (learned per channel if ``learn_std``).
     """
+    options = options or AdapterOptions()
     path = Path(name_or_path)
     if path.is_dir() and (path / EXPORT_META).is_file():
         meta = _exported_meta(path)
-        adapter = build_adapter(meta["source"], meta.get("scale"), std, learn_std)
+        adapter = build_adapter(meta["source"], meta.get("scale"), std, learn_std, options)
         if scale is not None and adapter.scale != scale:
             raise FinPercepError(f"{path}: is an x{adapter.scale} generator, not x{scale}")
-        _load_exported_weights(adapter.network, path, meta)
+        _load_exported_weights(adapter, path, meta)
         adapter.source = str(path)
         return adapter
+    entry = _adapter_entry(name_or_path)
     module, sep, attr = name_or_path.partition(":")
-    if sep and attr and not Path(name_or_path).exists() and "/" not in module:
-        try:
-            factory = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise FinPercepError(f"generator {name_or_path!r}: cannot import it: {exc}") from None
-        adapter = factory(scale)
-        if not isinstance(adapter, GeneratorAdapter):
-            raise FinPercepError(
-                f"generator {name_or_path!r} returned {type(adapter).__name__}, not a GeneratorAdapter"
-            )
-        if scale is not None and adapter.scale != scale:
-            raise FinPercepError(f"generator {name_or_path!r} is x{adapter.scale}, not x{scale}")
-        adapter.source = adapter.source or name_or_path
-        adapter.arch = adapter.arch or type(adapter).__name__
-        return adapter
-    g = build_generator(name_or_path, scale)
-    policy = GaussianPolicy(g.net, g.scale, std, learn_std, per_channel=learn_std)
-    policy.multiple_of, policy.minimum, policy.source, policy.arch = (
-        g.multiple_of,
-        g.minimum,
-        g.source,
-        g.arch,
-    )
-    return policy
+    if entry is not None:
+        factory = _import_factory(entry.factory, name_or_path)
+        arg = name_or_path[len(entry.name) :] if entry.name.endswith(":") else None
+        adapter = factory(arg, scale, std, learn_std, options)
+    elif sep and attr and not Path(name_or_path).exists() and "/" not in module:
+        _refuse_options(name_or_path, options)
+        adapter = _import_factory(name_or_path, name_or_path)(scale)
+    else:
+        _refuse_options(name_or_path, options)
+        g = build_generator(name_or_path, scale)
+        policy = GaussianPolicy(g.net, g.scale, std, learn_std, per_channel=learn_std)
+        policy.multiple_of, policy.minimum, policy.source, policy.arch = (
+            g.multiple_of,
+            g.minimum,
+            g.source,
+            g.arch,
+        )
+        return policy
+    if not isinstance(adapter, GeneratorAdapter):
+        raise FinPercepError(
+            f"generator {name_or_path!r} returned {type(adapter).__name__}, not a GeneratorAdapter"
+        )
+    if scale is not None and adapter.scale != scale:
+        raise FinPercepError(f"generator {name_or_path!r} is x{adapter.scale}, not x{scale}")
+    adapter.source = adapter.source or name_or_path
+    adapter.arch = adapter.arch or type(adapter).__name__
+    return adapter
+
+
+def _import_factory(spec: str, name: str) -> Callable[..., Any]:
+    module, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise FinPercepError(f"generator {name!r}: cannot import it: {exc}") from None
+
+
+def _refuse_options(name: str, options: AdapterOptions) -> None:
+    if bad := options.unsupported():
+        raise FinPercepError(f"{', '.join(bad)} apply to osediff generators only, not to {name!r}")
 
 
 def load_spandrel(path: str | Path, scale: int | None = None) -> LoadedGenerator:
@@ -343,13 +462,19 @@ def load_spandrel(path: str | Path, scale: int | None = None) -> LoadedGenerator
 def export_generator(
     net: nn.Module, directory: str | Path, meta: dict[str, Any], name: str = "generator"
 ) -> Path:
-    """Write ``<name>.safetensors`` (LoRA merged into plain convs) and ``<name>.json`` into ``directory``."""
+    """Write ``<name>.safetensors`` and ``<name>.json`` into ``directory``.
+
+    ``net`` is an SR network (saved with any LoRA merged into plain convs) or a :class:`GeneratorAdapter`
+    (saved as its :meth:`~GeneratorAdapter.export_state`, e.g. only the LoRA of a diffusion adapter).
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    if has_lora(net):
-        net = merge_lora(copy.deepcopy(net))
-    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    if isinstance(net, GeneratorAdapter):
+        raw = net.export_state()
+    else:
+        raw = (merge_lora(copy.deepcopy(net)) if has_lora(net) else net).state_dict()
+    state = {k: v.detach().to("cpu").contiguous() for k, v in raw.items()}
     weights = directory / f"{name}.safetensors"
     with atomic_path(weights) as tmp:
         save_file(state, str(tmp), metadata={"format": "finpercep-generator"})
@@ -362,15 +487,12 @@ def _exported_meta(directory: Path, name: str = "generator") -> dict[str, Any]:
 
 
 def _load_exported_weights(
-    net: nn.Module, directory: Path, meta: dict[str, Any], name: str = "generator"
+    adapter: GeneratorAdapter, directory: Path, meta: dict[str, Any], name: str = "generator"
 ) -> None:
     from safetensors.torch import load_file
 
     state = load_file(str(directory / meta.get("weights", f"{name}.safetensors")))
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise FinPercepError(f"{directory}: weights do not fit {meta['source']!r}: {exc}") from None
+    adapter.load_export_state(state, f"{directory} (from {meta['source']!r})")
 
 
 def load_exported(
@@ -380,9 +502,13 @@ def load_exported(
     directory = Path(directory)
     meta = _exported_meta(directory, name)
     base = build_adapter(meta["source"], meta.get("scale"))
+    if base.owns_lora:
+        raise FinPercepError(
+            f"{directory}: a {base.arch} run is not a plain SR network; load it with build_adapter"
+        )
     if scale is not None and base.scale != scale:
         raise FinPercepError(f"{directory}: is an x{base.scale} generator, not x{scale}")
-    _load_exported_weights(base.network, directory, meta, name)
+    _load_exported_weights(base, directory, meta, name)
     return LoadedGenerator(
         base.network, base.scale, str(directory), base.arch, base.multiple_of, base.minimum
     )

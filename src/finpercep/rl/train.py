@@ -3,9 +3,9 @@
 ``finpercep rl train --generator NAME_OR_PATH --reward-model DIR --curriculum ccl --out DIR`` and
 ``train(RLConfig(...))`` run the same code. Algorithms:
 
-* ``grpo`` -- Gaussian policy over the generator output (:class:`~.generators.GaussianPolicy`), ``G``
-  samples per LR input, group-normalised advantages, PPO-clipped ratio, exact KL to the frozen
-  reference generator;
+* ``grpo`` -- Gaussian policy over the generator output (:class:`~.generators.GaussianPolicy`; over the
+  predicted latent for one-step diffusion generators, :mod:`.diffusion`), ``G`` samples per LR input,
+  group-normalised advantages, PPO-clipped ratio, exact KL to the frozen reference generator;
 * ``refl`` -- back-propagate the reward of the deterministic output (ReFL / DRaFT), plus
   ``fidelity_weight * MSE`` to the reference generator's output.
 
@@ -27,7 +27,6 @@ on the same machine and software (it is bitwise identical on CPU).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -48,7 +47,7 @@ from ..errors import FinPercepError
 from ..io import atomic_path, atomic_write_json, remove_stale_temps, save_png
 from .curriculum import Curriculum, CurriculumConfig, CurriculumKind, ScheduleKind
 from .data import DegradationKind, PairSource
-from .generators import GeneratorAdapter, build_adapter, export_generator, frozen_copy
+from .generators import AdapterOptions, GeneratorAdapter, build_adapter, export_generator
 from .logs import CSV_NAME, CURVES_NAME, RunLog, plot_curves, read_log
 from .lora import apply_lora
 from .losses import clip_fraction, group_advantages, grpo_loss
@@ -71,7 +70,11 @@ _RESUME_IGNORES = {
     "device",
     "save_every",
     "preview",
+    "gradient_checkpointing",
 }
+# options added after runs were made, with the value that reproduces what those runs did
+_ADDED_LATER = {"early_steps": 0, "precision": "fp32", "lora": None, "vae_lora": False}
+Precision = Literal["fp32", "bf16", "fp16"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,16 @@ class RLConfig:
     fidelity_weight: float = option(1.0, help="refl: weight of the MSE to the reference generator's output")
     lora_rank: int = option(0, help="LoRA rank on every conv (0 = train all weights)")
     lora_alpha: float | None = option(None, help="LoRA alpha (none = rank)")
+    lora: str | None = option(
+        None, help="osediff: LoRA weights (.safetensors or a peft folder) merged into the base model first"
+    )
+    vae_lora: bool = option(False, help="osediff: also put LoRA on the VAE encoder")
+    precision: Precision = option(
+        "fp32", help="osediff: autocast dtype of the generator's passes (fp32, bf16 or fp16)"
+    )
+    gradient_checkpointing: bool = option(
+        False, help="osediff: recompute UNet/VAE activations in the backward pass (less memory)"
+    )
     ema_decay: float | None = option(None, help="EMA of the weights (none = off), e.g. 0.999")
     grad_clip: float = option(1.0, help="gradient norm clip (0 = off)")
     save_every: int = option(50, help="checkpoint every this many steps")
@@ -166,6 +179,7 @@ class RLConfig:
         check(self.map_penalty >= 0, "map_penalty must be >= 0")
         check(self.lora_rank >= 0, "lora_rank must be >= 0")
         check(self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha must be positive")
+        check(self.precision in ("fp32", "bf16", "fp16"), "precision must be fp32, bf16 or fp16")
         check(self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay must lie in (0, 1)")
         check(self.grad_clip >= 0, "grad_clip must be >= 0")
         check(self.save_every >= 1, "save_every must be >= 1")
@@ -331,6 +345,19 @@ def reduce_stats(d: D.Dist, s: dict[str, float]) -> dict[str, float]:
     }
 
 
+def adapter_options(cfg: RLConfig) -> AdapterOptions:
+    """What :func:`~.generators.build_adapter` passes to adapters that own their LoRA (osediff)."""
+    return AdapterOptions(
+        lora_rank=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora=cfg.lora,
+        vae_lora=cfg.vae_lora,
+        precision=cfg.precision,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        seed=cfg.seed,
+    )
+
+
 def _save_state(path: Path, state: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -341,7 +368,7 @@ def _check_resume(out: Path, cfg: RLConfig) -> bool:
     path = out / CONFIG_NAME
     if not path.is_file():
         return False
-    saved = {"early_steps": 0, **json.loads(path.read_text())}  # runs from before the option had none
+    saved = {**_ADDED_LATER, **json.loads(path.read_text())}  # runs from before an option lack it
     now = json.loads(json.dumps(to_dict(cfg)))
     diff = sorted(k for k in set(saved) | set(now) if k not in _RESUME_IGNORES and saved.get(k) != now.get(k))
     if diff:
@@ -416,7 +443,8 @@ def train(
         atomic_write_json(out / CONFIG_NAME, to_dict(cfg))
 
     # generator as a policy, its frozen reference, LoRA, optimiser, EMA
-    policy = build_adapter(cfg.generator, cfg.scale, cfg.policy_std, cfg.learn_std).to(d.device)
+    policy = build_adapter(cfg.generator, cfg.scale, cfg.policy_std, cfg.learn_std, adapter_options(cfg))
+    policy = policy.to(d.device)
     check(
         cfg.lr_size % policy.multiple_of == 0 and cfg.lr_size >= policy.minimum,
         f"{policy.source} needs LR sizes that are multiples of {policy.multiple_of} and >= {policy.minimum}",
@@ -425,8 +453,8 @@ def train(
         cfg.lr_size * policy.scale >= RM_MIN_SIZE,
         f"lr_size {cfg.lr_size} x{policy.scale} is below the reward model's {RM_MIN_SIZE} px minimum",
     )
-    ref = frozen_copy(policy)
-    if cfg.lora_rank:
+    ref = policy.reference()
+    if cfg.lora_rank and not policy.owns_lora:
         apply_lora(policy.network, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
     D.broadcast_module(d, policy)
     policy.train()
@@ -454,7 +482,7 @@ def train(
     state_path = out / STATE_NAME
     if state_path.is_file():
         state = torch.load(state_path, map_location=d.device, weights_only=False)
-        policy.load_state_dict(state["policy"])
+        policy.load_trainable_state(state["policy"])
         opt.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
@@ -479,7 +507,7 @@ def train(
                 state_path,
                 {
                     "step": step,
-                    "policy": policy.state_dict(),
+                    "policy": policy.trainable_state(),
                     "optimizer": opt.state_dict(),
                     "ema": ema.state_dict() if ema is not None else None,
                     "curriculum": curriculum.state_dict(),
@@ -560,13 +588,10 @@ def train(
         logger.error("process replicas diverged: weight fingerprints %s", prints)
     if d.main:
         meta = {"source": cfg.generator, "scale": policy.scale, "arch": policy.arch, "steps": step}
-        export_generator(policy.network, out, meta)
+        export_generator(policy, out, meta)
         if ema is not None:
-            averaged = copy.deepcopy(policy)
-            ema.copy_to(averaged)
-            export_generator(
-                averaged.network, out, {**meta, "ema_decay": cfg.ema_decay}, name="generator_ema"
-            )
+            with ema.swapped_in(policy):
+                export_generator(policy, out, {**meta, "ema_decay": cfg.ema_decay}, name="generator_ema")
         if cfg.preview:
             _preview(policy, ref, data, cfg.preview, out / "preview.png")
         rows = read_log(out / CSV_NAME)
