@@ -1,17 +1,22 @@
 """The reward-hacking experiment: one pretrained generator, four rows, one table, curves and a report.
 
 ``finpercep experiment hacking --reward-model RM_DIR --judge JUDGE_DIR --out DIR`` and
-``run_hacking(HackingConfig(...))`` run the same code. From the same generator, data, step count and seed:
+``run_hacking(HackingConfig(...))`` run the same code. From the same generator, data, step count and seeds:
 
 * ``baseline``       -- the pretrained generator, no RL;
 * ``global``         -- RL against the global IQA reward RM_0 (curriculum ``global``);
 * ``finpercep``      -- RL against the full FinPercep-RM RM_N from the first step (curriculum ``full``);
 * ``finpercep_ccl``  -- RL with the co-evolutionary curriculum RM_0 -> ... -> RM_N (curriculum ``ccl``).
 
-Every RL row is evaluated every ``eval_every`` steps on the first ``curve_pairs`` evaluation pairs (held-out
-judge score and artifact measure) and, at the end, on all pairs with every metric of
-:mod:`finpercep.eval`, plus the scores of RM_0 (the global reward's own score) and RM_N. Evaluation pairs
-come from photos RL never trains on (:data:`~finpercep.eval.evaluate.EVAL_PHOTOS`).
+Every RL row is run ``seeds`` times, with RL seeds ``seed``, ``seed + 1``, ... (data order and policy noise;
+the reward model, the judge and the evaluation pairs stay fixed). Every run is evaluated every
+``eval_every`` steps on the first ``curve_pairs`` evaluation pairs (held-out judge score and artifact
+measure) and, at the end, on all pairs with every metric of :mod:`finpercep.eval` (NIQE included, as
+``finpercep eval`` computes it: "–" in the table when the outputs are under 96x96 pixels after the border
+crop), plus the scores of RM_0 (the global reward's own score) and RM_N. Evaluation pairs come from photos
+RL never trains on (:data:`~finpercep.eval.evaluate.EVAL_PHOTOS`). With several seeds every table cell is
+mean ± the 95 % t-interval over the seeds, and a finding is stated only when the t-interval of its
+per-seed paired difference excludes zero (:mod:`.stats`, :mod:`.findings`).
 
 The per-step training reward moves with the content of each batch far more than with learning. Every row
 sees the same batches and the same policy noise (both derive from the seed and the step), so the report
@@ -22,15 +27,19 @@ both train against RM_N (the raw reward's rolling std is reported too). Output::
 
     hacking_config.json              what was run (a re-run with other settings is refused)
     photos/train/                    the embedded training photos (RL never sees the evaluation photos)
-    rows/<row>/                      the RL run (finpercep rl train layout), curve.json, eval.json,
-                                     per_image.csv, images/ (the report's crops)
+    rows/baseline/                   the pretrained generator's eval.json, per_image.csv, images/, curve.json
+    rows/<row>/seed_<s>/             the RL run with seed s (finpercep rl train layout), curve.json,
+                                     eval.json, per_image.csv, images/ (the report's crops)
     report/report.html               findings, table, curves, crops with FinPercep heatmaps
     report/table.md table.json       the paper-style table (the same numbers)
     report/curves.png curves.json    training reward, its gain and the gain's rolling std, judge, artifacts
-    reference_rewards.json           the pretrained generator's reward per (stage, step)
+    reference_rewards.json           the pretrained generator's reward per (seed, stage, step)
 
-Re-running the same command skips finished rows (those with ``eval.json``) and resumes an interrupted RL
-run where it stopped.
+Re-running the same command skips finished (row, seed) runs (those with an ``eval.json`` that has NIQE or
+says why not; an older one without is evaluated again, not trained again) and resumes an interrupted RL
+run where it stopped; a re-run with more ``seeds`` adds the missing ones. An experiment from before
+``seeds`` existed, with its RL run in ``rows/<row>/`` itself, is read as that run's seed (its
+``rl_config.json``), so it is neither trained nor moved.
 """
 
 from __future__ import annotations
@@ -60,9 +69,12 @@ from ..eval.evaluate import (
     read_result,
     write_result,
 )
-from ..eval.pyiqa_metrics import IQA_NAMES, IQAScorer, iqa_spec
+from ..eval.pyiqa_metrics import IQA_NAMES, IQAScorer
 from ..io import atomic_write_json, atomic_write_text, load_image, save_png
 from ..rm.model import RewardModel, default_checkpoint_dir, resolve_checkpoint, stage_dirs
+from .findings import findings
+from .report import fmt, html_page, plot_experiment_curves, table_columns, table_json, table_markdown
+from .stats import crop_stderr, seed_means
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +91,9 @@ TRAIN_PHOTOS: tuple[str, ...] = (
 )
 """Embedded photos RL trains on: all but the evaluation photos and ``motorcycle_right`` (a near-duplicate of
 ``motorcycle_left``)."""
-_RESUME_IGNORES = {"out", "rows", "threads", "progress", "iqa_weights", "report_crops"}
+_RESUME_IGNORES = {"out", "rows", "seeds", "threads", "progress", "iqa_weights", "report_crops"}
+SEED_DIR = "seed_{}"
+"""Folder of one RL seed's run below ``rows/<row>/``."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +168,13 @@ class HackingConfig:
     degradation: Literal["realesrgan", "bicubic"] = option(
         "realesrgan", help="LR synthesis of train/eval pairs"
     )
-    seed: int = option(0, help="seed of every RL row (data, policy noise)")
+    seed: int = option(0, help="first RL seed of every RL row (data, policy noise)")
+    seeds: int = option(
+        1,
+        help="RL seeds per RL row (seed, seed+1, ...; reward model, judge and evaluation pairs fixed): the "
+        "table reports mean ± 95-percent t-interval over them and states a finding only when the interval "
+        "of its per-seed difference excludes zero",
+    )
     eval_every: int = option(25, help="evaluate the RL checkpoints every this many steps (curves)")
     curve_pairs: int = option(8, help="evaluation pairs used for the curves")
     eval_photos: tuple[str, ...] = option(
@@ -179,6 +199,7 @@ class HackingConfig:
         for r in self.rows:
             check(r in ROW_NAMES, f"unknown row {r!r}; rows are {', '.join(ROW_NAMES)}")
         check(self.steps >= 1 and self.eval_every >= 1, "steps and eval_every must be >= 1")
+        check(self.seeds >= 1, f"seeds must be >= 1, got {self.seeds}")
         check(1 <= self.curve_pairs <= self.num_pairs, "curve_pairs must lie in [1, num_pairs]")
         check(0 <= self.report_crops <= self.num_pairs, "report_crops must lie in [0, num_pairs]")
         check(self.rolling_window >= 2, "rolling_window must be >= 2")
@@ -200,8 +221,13 @@ class HackingConfig:
         """The training reward model's folder (the packaged default when ``reward_model`` is none)."""
         return Path(self.reward_model) if self.reward_model is not None else default_checkpoint_dir()
 
-    def rl_config(self, row: RowSpec, out: Path, hr_folders: tuple[str, ...]) -> Any:
-        """The :class:`~finpercep.rl.train.RLConfig` of an RL row."""
+    def rl_seeds(self) -> list[int]:
+        """The RL seeds every RL row runs with: ``seed``, ``seed + 1``, ..."""
+        return [self.seed + i for i in range(self.seeds)]
+
+    def rl_config(self, row: RowSpec, out: Path, hr_folders: tuple[str, ...], seed: int | None = None) -> Any:
+        """The :class:`~finpercep.rl.train.RLConfig` of an RL row's run with RL seed ``seed`` (default: the
+        first)."""
         from ..rl.train import RLConfig
 
         return RLConfig(
@@ -225,7 +251,7 @@ class HackingConfig:
             lr_size=self.lr_size,
             hr_folders=hr_folders,
             degradation=self.degradation,
-            seed=self.seed,
+            seed=self.seed if seed is None else seed,
             out=str(out),
             threads=self.threads,
             tensorboard=False,
@@ -378,11 +404,26 @@ class _Experiment:
     def row_dir(self, name: str) -> Path:
         return self.out / "rows" / name
 
+    def run_dir(self, name: str, seed: int | None) -> Path:
+        """Folder of one run: the baseline's row folder (``seed`` None), ``rows/<row>/seed_<s>``, or
+        ``rows/<row>`` itself when it holds a run from before seeds existed with that RL seed."""
+        d = self.row_dir(name)
+        if seed is None:
+            return d
+        return d if legacy_seed(d) == seed else d / SEED_DIR.format(seed)
+
+    def runs(self, name: str) -> list[tuple[int | None, Path]]:
+        """``(seed, folder)`` of every run of row ``name`` (the baseline: one, seed None)."""
+        if row_spec(name).curriculum is None:
+            return [(None, self.row_dir(name))]
+        return [(s, self.run_dir(name, s)) for s in self.cfg.rl_seeds()]
+
     def curve_eval(self, net: torch.nn.Module, step: int) -> dict[str, float]:
         res = evaluate(net, self.pairs[: self.cfg.curve_pairs], self.judge, tau=self.cfg.tau)
         return _curve_point(step, res)
 
-    def final_eval(self, net: torch.nn.Module, row: RowSpec) -> Path:
+    def final_eval(self, net: torch.nn.Module, row: RowSpec, d: Path, seed: int | None = None) -> Path:
+        """Every metric on every pair (NIQE as ``finpercep eval`` computes it), written into ``d``."""
         res = evaluate(
             net,
             self.pairs,
@@ -391,30 +432,34 @@ class _Experiment:
             iqa=self.iqa,
             tau=self.cfg.tau,
             keep_outputs=self.cfg.report_crops,
+            niqe=True,
         )
-        return write_result(res, self.row_dir(row.name), {"row": row.name, "label": row.label}, self.pairs)
+        return write_result(res, d, {"row": row.name, "label": row.label, "seed": seed}, self.pairs)
 
     def run_baseline(self) -> None:
         from ..rl.generators import build_generator
 
         d = self.row_dir("baseline")
         curve = d / CURVE_NAME
-        if (d / EVAL_JSON).is_file() and curve.is_file():
+        if evaluated(d) and curve.is_file():
             logger.info("baseline: finished earlier; skipped")
             return
         net = build_generator(self.cfg.generator).net
-        atomic_write_json(curve, [self.curve_eval(net, 0)])
-        self.final_eval(net, row_spec("baseline"))
+        if not curve.is_file():
+            atomic_write_json(curve, [self.curve_eval(net, 0)])
+        self.final_eval(net, row_spec("baseline"), d)
 
-    def run_rl_row(self, row: RowSpec, hr_folders: tuple[str, ...]) -> None:
+    def run_rl_row(self, row: RowSpec, hr_folders: tuple[str, ...], seed: int | None = None) -> None:
+        """Train (or resume) and evaluate the run of ``row`` with RL seed ``seed`` (default: the first)."""
         from ..rl.generators import build_generator
         from ..rl.train import STATE_NAME, train
 
-        d = self.row_dir(row.name)
-        if (d / EVAL_JSON).is_file():
-            logger.info("%s: finished earlier; skipped", row.name)
+        seed = self.cfg.seed if seed is None else seed
+        d = self.run_dir(row.name, seed)
+        if evaluated(d):
+            logger.info("%s seed %d: finished earlier; skipped", row.name, seed)
             return
-        rl_cfg = self.cfg.rl_config(row, d, hr_folders)
+        rl_cfg = self.cfg.rl_config(row, d, hr_folders, seed)
         curve_path = d / CURVE_NAME
         state_path = d / STATE_NAME
         done = (
@@ -438,10 +483,29 @@ class _Experiment:
         finished = summary.is_file() and json.loads(summary.read_text()).get("steps") == self.cfg.steps
         if not finished:
             logger.info(
-                "%s: RL with curriculum %s for %d steps -> %s", row.name, row.curriculum, self.cfg.steps, d
+                "%s seed %d: RL with curriculum %s for %d steps -> %s",
+                row.name, seed, row.curriculum, self.cfg.steps, d,
             )
             train(rl_cfg, on_step=on_step)
-        self.final_eval(build_generator(str(d)).net, row)
+        self.final_eval(build_generator(str(d)).net, row, d, seed)
+
+
+def legacy_seed(row_dir: Path) -> int | None:
+    """The RL seed of a run written straight into ``rows/<row>/`` (before seeds existed), else None."""
+    from ..rl.train import CONFIG_NAME as RL_CONFIG
+
+    p = row_dir / RL_CONFIG
+    if not p.is_file():
+        return None
+    return int(json.loads(p.read_text()).get("seed", 0))
+
+
+def evaluated(d: Path) -> bool:
+    """Whether ``d`` holds a final evaluation with NIQE (measured or unavailable with the reason)."""
+    if not (d / EVAL_JSON).is_file():
+        return False
+    res = read_result(d)
+    return "niqe" in res.get("metrics", {}) or "niqe" in res.get("unavailable", {})
 
 
 def run_hacking(cfg: HackingConfig) -> Path:
@@ -455,93 +519,85 @@ def run_hacking(cfg: HackingConfig) -> Path:
     hr_folders = cfg.hr_folders or (str(export_train_photos(cfg.train_photos, out / "photos" / "train")),)
     exp.hr_folders = hr_folders
     exp.run_baseline()  # the curves' step-0 point and the reference of every comparison
-    for name in cfg.rows:
-        row = row_spec(name)
-        if row.curriculum is not None:
-            exp.run_rl_row(row, hr_folders)
+    for seed in cfg.rl_seeds():  # seed by seed: a killed run leaves whole seeds behind it
+        for name in cfg.rows:
+            row = row_spec(name)
+            if row.curriculum is not None:
+                exp.run_rl_row(row, hr_folders, seed)
     return write_report(exp)
 
 
 # --------------------------------------------------------------------------------------------------
-# table, curves, findings, report
-
-
-@dataclass(frozen=True)
-class Column:
-    """One table column: a key in a row's metrics, its header, decimals and direction."""
-
-    key: str
-    header: str
-    decimals: int
-    higher_better: bool | None
-
-
-def table_columns(n_stage: int, iqa_names: Sequence[str]) -> list[Column]:
-    cols = [
-        Column("psnr", "PSNR↑", 2, True),
-        Column("ssim", "SSIM↑", 4, True),
-        Column("artifact_frac", "artifact frac↓", 4, False),
-        Column("artifact_mean", "artifact mean↓", 4, False),
-        Column("judge", "judge↑", 4, True),
-        Column("score:RM_0", "RM_0 score", 4, True),
-        Column(f"score:RM_{n_stage}", f"RM_{n_stage} score", 4, True),
-        Column("train_reward", "final train reward", 4, None),
-        Column("train_gain", "final reward gain", 4, True),
-        Column("reward_osc", "gain rolling std", 4, False),
-    ]
-    for name in iqa_names:
-        spec = iqa_spec(name)
-        cols.append(Column(name, spec.label + ("↓" if spec.lower_better else "↑"), 4, not spec.lower_better))
-    return cols
+# collecting the runs' files; the report (its text, table and plots: .report, .findings, .stats)
 
 
 REFERENCE_NAME = "reference_rewards.json"
+TRAIN_KEYS = ("train_reward", "train_gain", "reward_osc", "reward_osc_raw")
 
 
-def reference_rewards(exp: _Experiment, needed: set[tuple[int, int]]) -> dict[tuple[int, int], float]:
-    """Reward the *pretrained* generator gets at ``(stage, step)``: the same batch, the same policy noise and
-    the same reward model as the RL row at that step (cached in ``OUT/reference_rewards.json``).
+def _read_reference(path: Path, default_seed: int) -> dict[tuple[int, int, int], float]:
+    """``{(seed, stage, step): reward}``; keys ``stage:step`` (files from before seeds) are
+    ``default_seed``'s."""
+    cache: dict[tuple[int, int, int], float] = {}
+    for key, value in (json.loads(path.read_text()) if path.is_file() else {}).items():
+        parts = [int(x) for x in key.split(":")]
+        seed, stage, step = parts if len(parts) == 3 else [default_seed, *parts]
+        cache[(seed, stage, step)] = value
+    return cache
 
-    An RL row's logged reward minus this is its gain; batch content, which moves the raw reward from step to
-    step far more than learning does, cancels out. The gain is exactly 0 at step 1.
-    """
+
+def _pretrained_rewards(
+    exp: _Experiment, seed: int, points: Sequence[tuple[int, int]]
+) -> dict[tuple[int, int], float]:
+    """The pretrained generator's reward at each ``(stage, step)`` of RL seed ``seed``'s runs."""
     from ..rl.data import PairSource
     from ..rl.generators import GaussianPolicy, build_generator
     from ..rl.rewards import StagedRMRewards
     from ..rl.train import noise_generators
 
     cfg = exp.cfg
+    loaded = build_generator(cfg.generator)
+    policy = GaussianPolicy(loaded.net, loaded.scale, cfg.policy_std).eval()
+    data = PairSource(loaded.scale, cfg.lr_size, seed, exp.hr_folders, degradation=cfg.degradation)
+    rewards = StagedRMRewards(cfg.rm_dir(), cfg.map_penalty)
+    out: dict[tuple[int, int], float] = {}
+    with torch.no_grad():
+        for stage, step in sorted(points):
+            reward = rewards[stage]
+            idx = range(cfg.batch_size)
+            lr, hr = data.batch(step - 1, idx)
+            if cfg.algorithm == "grpo":
+                gens = noise_generators(seed, step - 1, idx, torch.device("cpu"))
+                sr = policy.rollout(lr, cfg.group_size, gens).sr
+                g = cfg.group_size
+                value = reward(sr, lr.repeat_interleave(g, 0), hr.repeat_interleave(g, 0))
+            else:
+                value = reward(policy(lr).clamp(0, 1), lr, hr)
+            out[(stage, step)] = float(value.float().mean())
+    return out
+
+
+def reference_rewards(
+    exp: _Experiment, needed: set[tuple[int, int, int]]
+) -> dict[tuple[int, int, int], float]:
+    """Reward the *pretrained* generator gets at ``(seed, stage, step)``: the same batch, the same policy
+    noise and the same reward model as the RL run with that seed at that step (cached in
+    ``OUT/reference_rewards.json``).
+
+    An RL run's logged reward minus this is its gain; batch content, which moves the raw reward from step to
+    step far more than learning does, cancels out. The gain is exactly 0 at step 1.
+    """
     path = exp.out / REFERENCE_NAME
-    saved = json.loads(path.read_text()) if path.is_file() else {}
-    cache: dict[tuple[int, int], float] = {}
-    for key, value in saved.items():
-        stage_s, step_s = key.split(":")
-        cache[(int(stage_s), int(step_s))] = value
-    todo = sorted(needed - set(cache), key=lambda t: (t[1], t[0]))
+    cache = _read_reference(path, exp.cfg.seed)
+    todo: dict[int, list[tuple[int, int]]] = {}
+    for seed, stage, step in needed - set(cache):
+        todo.setdefault(seed, []).append((stage, step))
+    for seed, points in sorted(todo.items()):
+        logger.info("reference rewards of the pretrained generator: %d points of seed %d", len(points), seed)
+        for (stage, step), value in _pretrained_rewards(exp, seed, points).items():
+            cache[(seed, stage, step)] = value
     if todo:
-        loaded = build_generator(cfg.generator)
-        policy = GaussianPolicy(loaded.net, loaded.scale, cfg.policy_std).eval()
-        data = PairSource(loaded.scale, cfg.lr_size, cfg.seed, exp.hr_folders, degradation=cfg.degradation)
-        rewards = StagedRMRewards(cfg.rm_dir(), cfg.map_penalty)
-        by_stage: dict[int, list[int]] = {}
-        for stage, step in todo:
-            by_stage.setdefault(stage, []).append(step)
-        logger.info("reference rewards of the pretrained generator at %d (stage, step) points", len(todo))
-        with torch.no_grad():
-            for stage, steps in sorted(by_stage.items()):
-                reward = rewards[stage]
-                for step in steps:
-                    idx = range(cfg.batch_size)
-                    lr, hr = data.batch(step - 1, idx)
-                    if cfg.algorithm == "grpo":
-                        gens = noise_generators(cfg.seed, step - 1, idx, torch.device("cpu"))
-                        sr = policy.rollout(lr, cfg.group_size, gens).sr
-                        g = cfg.group_size
-                        value = reward(sr, lr.repeat_interleave(g, 0), hr.repeat_interleave(g, 0))
-                    else:
-                        value = reward(policy(lr).clamp(0, 1), lr, hr)
-                    cache[(stage, step)] = float(value.float().mean())
-        atomic_write_json(path, {f"{k[0]}:{k[1]}": v for k, v in sorted(cache.items())})
+        atomic_write_json(path, {f"{k[0]}:{k[1]}:{k[2]}": v for k, v in sorted(cache.items())})
     return cache
 
 
@@ -587,57 +643,68 @@ def _last_transition(run_dir: Path) -> int:
     return max((int(t["step"]) for t in ts), default=0)
 
 
+def _run_record(d: Path, seed: int | None, train: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One run's final evaluation (and training summaries) as the report reads it."""
+    res = read_result(d)
+    metrics = dict(res["metrics"])
+    if train is not None:
+        metrics.update({k: train[k] for k in TRAIN_KEYS})
+    return {
+        "seed": seed,
+        "dir": d,
+        "metrics": metrics,
+        "stderr": res.get("stderr", {}),
+        "per_image": _read_per_image(d),
+        "unavailable": res.get("unavailable", {}),
+    }
+
+
+def _row_runs(exp: _Experiment, names: Sequence[str]) -> dict[str, list[tuple[int | None, Path]]]:
+    """The evaluated runs of every row (rows without one are left out)."""
+    found = {n: [(s, d) for s, d in exp.runs(n) if (d / EVAL_JSON).is_file()] for n in names}
+    return {n: r for n, r in found.items() if r}
+
+
 def collect(exp: _Experiment) -> dict[str, Any]:
-    """Everything the report shows, from the files the run wrote."""
-    cfg = exp.cfg
-    names = [n for n in ROW_NAMES if n in cfg.rows or n == "baseline"]
-    names = [n for n in names if (exp.row_dir(n) / EVAL_JSON).is_file()]
-    ccl_dir = exp.row_dir("finpercep_ccl")
-    osc_from = _last_transition(ccl_dir) if ccl_dir.is_dir() else 0
+    """Everything the report shows, from the files the runs wrote: per row its runs (one per RL seed; the
+    baseline: one without), the means over them, and per run its curves."""
     from ..rl.logs import read_log
 
+    cfg = exp.cfg
+    runs = _row_runs(exp, [n for n in ROW_NAMES if n in cfg.rows or n == "baseline"])
+    osc_from = {s: _last_transition(exp.run_dir("finpercep_ccl", s)) for s in cfg.rl_seeds()}
     needed = {
-        (int(r["stage"]), int(r["step"]))
-        for n in names
-        if row_spec(n).curriculum
-        for r in read_log(exp.row_dir(n))
+        (s, int(r["stage"]), int(r["step"])) for rr in runs.values() for s, d in rr if s is not None
+        for r in read_log(d)
     }
     reference = reference_rewards(exp, needed)
+    base_curve = _read_curve(exp.row_dir("baseline") / CURVE_NAME)[:1]
     rows, curves = [], {}
-    for n in names:
-        d = exp.row_dir(n)
-        res = read_result(d)
-        metrics = dict(res["metrics"])
-        train = training_stats(d, cfg.rolling_window, osc_from, reference) if row_spec(n).curriculum else None
-        if train is not None:
-            for k in ("train_reward", "train_gain", "reward_osc", "reward_osc_raw"):
-                metrics[k] = train[k]
-        base_curve = _read_curve(exp.row_dir("baseline") / CURVE_NAME)[:1]
-        curve = _read_curve(d / CURVE_NAME)
-        curves[n] = {
-            "eval": base_curve + [p for p in curve if p["step"] > 0] if train else base_curve,
-            "train": train,
-        }
-        rows.append(
-            {
-                "row": n,
-                "label": row_spec(n).label,
-                "metrics": metrics,
-                "stderr": res.get("stderr", {}),
-                "per_image": _read_per_image(d),
-            }
-        )
-    saved = read_result(exp.row_dir(names[0])).get("unavailable", {}) if names else {}
-    unavailable = {k: saved[k] for k in cfg.iqa if k in saved}
+    for n, rr in runs.items():
+        records, per_seed = [], []
+        for s, d in rr:
+            train = None
+            if s is not None:
+                ref = {(st, sp): v for (se, st, sp), v in reference.items() if se == s}
+                train = training_stats(d, cfg.rolling_window, osc_from.get(s, 0), ref)
+            records.append(_run_record(d, s, train))
+            ev = base_curve + ([p for p in _read_curve(d / CURVE_NAME) if p["step"] > 0] if train else [])
+            per_seed.append({"seed": s, "eval": ev, "train": train})
+        curves[n] = {**per_seed[0], "other_seeds": {str(c["seed"]): c for c in per_seed[1:]}}
+        rows.append({"row": n, "label": row_spec(n).label, "runs": records, "metrics": seed_means(records),
+                     "stderr": crop_stderr(records)})
+    saved = rows[0]["runs"][0]["unavailable"] if rows else {}
+    unavailable = {k: saved[k] for k in (*cfg.iqa, "niqe") if k in saved}
     iqa_present = [m for m in cfg.iqa if m not in unavailable]
-    columns = table_columns(exp.n_stage, iqa_present)
     return {
         "rows": rows,
         "curves": curves,
-        "columns": columns,
+        "columns": table_columns(exp.n_stage, iqa_present),
         "unavailable": unavailable,
-        "osc_from": osc_from,
+        "osc_from": osc_from.get(cfg.seed, 0),
         "n_stage": exp.n_stage,
+        "seeds": cfg.rl_seeds(),
+        "n_seeds": cfg.seeds,
     }
 
 
@@ -651,241 +718,6 @@ def _read_per_image(d: Path) -> list[dict[str, Any]]:
         return [{k: (v if k == "pair" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
-def fmt(value: Any, decimals: int) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return f"{value:.{decimals}f}"
-
-
-def table_markdown(data: Mapping[str, Any]) -> str:
-    """The paper-style table as Markdown (values rounded as in ``table.json``'s ``decimals``)."""
-    cols: list[Column] = data["columns"]
-    lines = [
-        "| method | " + " | ".join(c.header for c in cols) + " |",
-        "|---|" + "|".join("---:" for _ in cols) + "|",
-    ]
-    for r in data["rows"]:
-        cells = [fmt(r["metrics"].get(c.key), c.decimals) for c in cols]
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
-    notes = [f"- {k}: unavailable: {v}" for k, v in data["unavailable"].items()]
-    return "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "") + "\n"
-
-
-def paired_diff(a: Mapping[str, Any], b: Mapping[str, Any], key: str) -> tuple[float, float]:
-    """Mean and standard error of ``a - b`` over the evaluation pairs (both rows see the same pairs)."""
-    pa = {r["pair"]: r.get(key) for r in a["per_image"]}
-    d = [
-        float(pa[r["pair"]]) - float(r[key])
-        for r in b["per_image"]
-        if r.get(key) is not None and pa.get(r["pair"]) is not None
-    ]
-    if not d:
-        return math.nan, math.nan
-    arr = np.asarray(d)
-    se = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else math.nan
-    return float(arr.mean()), se
-
-
-def _pm(a: Mapping[str, Any], b: Mapping[str, Any], key: str) -> str:
-    """``"+0.0123 ± 0.0045"`` (paired mean difference ± standard error), flagged when within two errors."""
-    m, se = paired_diff(a, b, key)
-    noise = ", within noise" if math.isfinite(se) and abs(m) < 2 * se else ""
-    return f"{m:+.4g} ± {se:.2g}{noise}"
-
-
-def _clear(a: Mapping[str, Any], b: Mapping[str, Any], key: str, sign: float) -> bool:
-    """Whether ``sign * (a - b)`` is positive by more than two standard errors (paired over the crops)."""
-    m, se = paired_diff(a, b, key)
-    return bool(math.isfinite(m) and sign * m > 2 * (se if math.isfinite(se) else 0.0))
-
-
-def _metric(r: Mapping[str, Any], k: str) -> float:
-    v = r["metrics"].get(k)
-    return math.nan if v is None else float(v)
-
-
-def _finding_hacking(b: Mapping[str, Any], g: Mapping[str, Any]) -> dict[str, Any]:
-    m = _metric
-    own_up = m(g, "score:RM_0") > m(b, "score:RM_0")
-    art_up = m(g, "artifact_frac") > m(b, "artifact_frac")
-    psnr_down = m(g, "psnr") < m(b, "psnr")
-    ok = own_up and (art_up or psnr_down)
-    clear = _clear(g, b, "score:RM_0", 1) and (_clear(g, b, "artifact_frac", 1) or _clear(g, b, "psnr", -1))
-    text = (
-        f"With the global reward, RM_0's own score went {m(b, 'score:RM_0'):.4f} → {m(g, 'score:RM_0'):.4f} "
-        f"({_pm(g, b, 'score:RM_0')}), the artifact fraction {m(b, 'artifact_frac'):.4f} → "
-        f"{m(g, 'artifact_frac'):.4f} ({_pm(g, b, 'artifact_frac')}) and PSNR {m(b, 'psnr'):.2f} → "
-        f"{m(g, 'psnr'):.2f} dB ({_pm(g, b, 'psnr')}), against the baseline. "
-    )
-    if ok:
-        text += "The reward rose while fidelity to the HR image fell: reward hacking"
-        text += "." if clear else ", though only within the noise of this evaluation."
-    elif not own_up:
-        text += "RL did not raise the global reward on the held-out crops, so there was nothing to hack."
-    else:
-        text += "The reward rose without more artifacts or lower PSNR: no hacking at this scale."
-    return {"finding": "global reward hacking", "reproduced": ok, "clear": ok and clear, "text": text}
-
-
-OSC_RATIO = 1.2
-"""How much larger the reward-gain std without CCL must be than with it to count as oscillation."""
-
-
-def _finding_oscillation(
-    f: Mapping[str, Any], c: Mapping[str, Any], osc_from: int, n_stage: int
-) -> dict[str, Any]:
-    fo, co = _metric(f, "reward_osc"), _metric(c, "reward_osc")
-    ratio = fo / co if math.isfinite(fo) and math.isfinite(co) and co > 0 else math.nan
-    # a difference of a few percent in a std over one run is no evidence either way
-    ok = None if math.isnan(ratio) else ratio >= OSC_RATIO
-    text = (
-        f"Mean rolling std of the per-step reward gain over the pretrained generator (same batch, policy "
-        f"noise and reward model, so batch content cancels) after step {osc_from}, where both rows train "
-        f"against RM_{n_stage}: {fo:.4g} without CCL, {co:.4g} with CCL (raw reward: "
-        f"{_metric(f, 'reward_osc_raw'):.4g} and {_metric(c, 'reward_osc_raw'):.4g}). "
-    )
-    if ok is None:
-        text += "Not measurable: a training log is missing."
-    elif ok:
-        text += f"Training against the full FinPercep-RM from the start fluctuates more ({ratio:.2f}x)."
-    elif ratio > 1.0:
-        text += (
-            f"The run without CCL fluctuates only {ratio:.2f}x as much, less than the {OSC_RATIO}x this "
-            "report asks for: no clear oscillation at this scale."
-        )
-    else:
-        text += "The run without CCL did not fluctuate more by this measure."
-    return {"finding": "FinPercep-RM without CCL oscillates", "reproduced": ok, "ratio": ratio, "text": text}
-
-
-def _finding_ccl(
-    c: Mapping[str, Any], g: Mapping[str, Any], others: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    m = _metric
-    judge_ok = m(c, "judge") > m(g, "judge")
-    art_ok = m(c, "artifact_frac") < m(g, "artifact_frac")
-    best_judge = all(m(c, "judge") >= m(r, "judge") for r in others)
-    best_art = all(m(c, "artifact_frac") <= m(r, "artifact_frac") for r in others)
-    text = (
-        f"FinPercep-RM + CCL against the global reward: judge {m(c, 'judge'):.4f} vs {m(g, 'judge'):.4f} "
-        f"({_pm(c, g, 'judge')}), artifact fraction {m(c, 'artifact_frac'):.4f} vs "
-        f"{m(g, 'artifact_frac'):.4f} "
-        f"({_pm(c, g, 'artifact_frac')}). "
-    )
-    clear = _clear(c, g, "judge", 1) and _clear(c, g, "artifact_frac", -1)
-    lost = [x for x, won in (("the judge", judge_ok), ("the artifact measure", art_ok)) if not won]
-    if lost:
-        text += f"It does not beat it on {' and '.join(lost)}. "
-    else:
-        text += "It beats it on both" + (". " if clear else ", though not by two standard errors on both. ")
-    text += (
-        f"Among all rows it is {'the best' if best_judge else 'not the best'} on the judge and "
-        f"{'the best' if best_art else 'not the best'} on the artifact measure."
-    )
-    return {
-        "finding": "FinPercep-RM + CCL best on judge and artifacts",
-        "reproduced": judge_ok and art_ok,
-        "clear": judge_ok and art_ok and clear,
-        "best_of_all_rows": best_judge and best_art,
-        "text": text,
-    }
-
-
-def findings(data: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The paper's three findings, each with ``reproduced`` (True / False / None = not measurable) and a text
-    written from the measured numbers."""
-    rows = {r["row"]: r for r in data["rows"]}
-    b, g, f, c = (rows.get(k) for k in ("baseline", "global", "finpercep", "finpercep_ccl"))
-    out: list[dict[str, Any]] = []
-    if b and g:
-        out.append(_finding_hacking(b, g))
-    if f and c:
-        out.append(_finding_oscillation(f, c, data["osc_from"], data["n_stage"]))
-    if c and g:
-        out.append(_finding_ccl(c, g, [r for k, r in rows.items() if k != "finpercep_ccl"]))
-    if out:
-        n_pairs = len(next(iter(rows.values()))["per_image"])
-        note = (
-            f"Differences are paired over the same {n_pairs} held-out evaluation crops (mean ± standard "
-            "error; 'within noise' marks differences smaller than two standard errors). Verdicts compare "
-            "means only."
-        )
-        out.append({"finding": "note", "reproduced": None, "text": note})
-    return out
-
-
-def table_json(data: Mapping[str, Any], found: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    cols: list[Column] = data["columns"]
-    return {
-        "columns": [
-            {"key": c.key, "header": c.header, "decimals": c.decimals, "higher_better": c.higher_better}
-            for c in cols
-        ],
-        "rows": [
-            {
-                "row": r["row"],
-                "label": r["label"],
-                "metrics": {c.key: r["metrics"].get(c.key) for c in cols},
-                "all_metrics": r["metrics"],
-                "stderr": r["stderr"],
-            }
-            for r in data["rows"]
-        ],
-        "unavailable": data["unavailable"],
-        "findings": list(found),
-    }
-
-
-def plot_experiment_curves(data: Mapping[str, Any], path: Path, window: int) -> Path:
-    """Training reward, its gain over the pretrained generator, the gain's rolling std, judge score and
-    artifact measure per step, one line per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..rl.logs import moving_average
-
-    fig, axes = plt.subplots(5, 1, figsize=(8, 12), sharex=True)
-    fig.subplots_adjust(left=0.13, right=0.98, top=0.98, bottom=0.05, hspace=0.12)
-    colors = {"baseline": "k", "global": "tab:red", "finpercep": "tab:orange", "finpercep_ccl": "tab:blue"}
-    for name, cur in data["curves"].items():
-        label, color = row_spec(name).label, colors.get(name)
-        tr = cur["train"]
-        if tr is not None and tr["steps"]:
-            axes[0].plot(tr["steps"], tr["reward"], color=color, lw=0.6, alpha=0.3)
-            axes[0].plot(tr["steps"], moving_average(tr["reward"], window), color=color, lw=1.4, label=label)
-            axes[1].plot(tr["steps"], tr["gain"], color=color, lw=0.6, alpha=0.3)
-            axes[1].plot(tr["steps"], moving_average(tr["gain"], window), color=color, lw=1.4, label=label)
-            axes[2].plot(tr["steps"], tr["rolling_std"], color=color, lw=1.2, label=label)
-        ev = cur["eval"]
-        if name == "baseline":
-            for ax, key in ((axes[3], "judge"), (axes[4], "artifact_frac")):
-                if ev and key in ev[0]:
-                    ax.axhline(ev[0][key], color=color, ls="--", lw=1, label=label)
-        else:
-            steps = [p["step"] for p in ev]
-            for ax, key in ((axes[3], "judge"), (axes[4], "artifact_frac")):
-                ax.plot(steps, [p.get(key, math.nan) for p in ev], marker="o", ms=3, color=color, label=label)
-    if data["osc_from"]:
-        for ax in axes:
-            ax.axvline(data["osc_from"] + 0.5, color="gray", ls=":", lw=1)
-    labels = ("training reward\n(own RM, per step)", "reward gain over\npretrained (same batch)",
-              f"rolling std of gain\n({window} steps)", "held-out judge\n(curve crops)",
-              "artifact fraction\n(M_gt > tau)")
-    for ax, ylabel in zip(axes, labels, strict=True):
-        ax.set_ylabel(ylabel, fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[-1].set_xlabel("RL step")
-    axes[3].legend(fontsize=7, loc="best")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
-
-
 def _crops(
     exp: _Experiment, data: Mapping[str, Any], folder: Path
 ) -> list[list[tuple[str, str, str | None]]]:
@@ -894,13 +726,13 @@ def _crops(
 
     folder.mkdir(parents=True, exist_ok=True)
     shown: list[list[tuple[str, str, str | None]]] = []
-    names = [r["row"] for r in data["rows"]]
+    first_runs = {r["row"]: r["runs"][0]["dir"] for r in data["rows"]}
     for i, pair in enumerate(exp.pairs[: exp.cfg.report_crops]):
         cells: list[tuple[str, str, str | None]] = []
         lr_up = np.repeat(np.repeat(pair.lr, exp.scale, axis=0), exp.scale, axis=1)
         images: list[tuple[str, str, np.ndarray]] = [("lr", "LR (nearest)", lr_up), ("hr", "HR", pair.hr)]
-        for n in names:
-            p = exp.row_dir(n) / "images" / f"{pair.name}_sr.png"
+        for n, d in first_runs.items():
+            p = d / "images" / f"{pair.name}_sr.png"
             if p.is_file():
                 images.append((n, row_spec(n).label, load_image(p)))
         for key, title, img in images:
@@ -918,19 +750,23 @@ def _crops(
     return shown
 
 
-def _html_table(data: Mapping[str, Any]) -> str:
-    cols: list[Column] = data["columns"]
-    head = "".join(f"<th>{html.escape(c.header)}</th>" for c in cols)
-    body = []
-    for r in data["rows"]:
-        cells = "".join(f"<td>{fmt(r['metrics'].get(c.key), c.decimals)}</td>" for c in cols)
-        body.append(f"<tr><th>{html.escape(r['label'])}</th>{cells}</tr>")
-    return f"<table><tr><th>method</th>{head}</tr>{''.join(body)}</table>"
+def _setup_html(exp: _Experiment, judge_hr: str) -> str:
+    """The report's paragraph on what was run."""
+    cfg = exp.cfg
+    seeds = cfg.rl_seeds()
+    seed_text = f"seed {seeds[0]}"
+    if len(seeds) > 1:
+        seed_text = f"RL seeds {seeds[0]} … {seeds[-1]} ({len(seeds)} runs)"
+    return f"""<p>{len(exp.pairs)} held-out evaluation crops from {html.escape(", ".join(cfg.eval_photos))}
+({cfg.eval_lr_size} px LR, x{exp.scale}, {html.escape(cfg.degradation)} degradation, seed {cfg.eval_seed});
+{cfg.steps} RL steps ({html.escape(cfg.algorithm)}, batch {cfg.batch_size}, {seed_text}) per RL row;
+reward model {html.escape(str(cfg.rm_dir()))} (RM_0 … RM_{exp.n_stage});
+held-out judge {html.escape(str(exp.judge_dir))} (it scores the HR crops {judge_hr});
+artifact measure: share of pixels with M_gt(output, HR) &gt; {cfg.tau}.</p>"""
 
 
 def write_report(exp: _Experiment) -> Path:
     """Write table.md, table.json, curves.png, curves.json and report.html into ``out/report``."""
-    cfg = exp.cfg
     rep = exp.out / REPORT_DIR
     rep.mkdir(parents=True, exist_ok=True)
     data = collect(exp)
@@ -938,54 +774,16 @@ def write_report(exp: _Experiment) -> Path:
     atomic_write_json(rep / "table.json", json_safe(table_json(data, found)))
     atomic_write_text(rep / "table.md", table_markdown(data))
     atomic_write_json(rep / "curves.json", json_safe(data["curves"]))
-    plot_experiment_curves(data, rep / "curves.png", cfg.rolling_window)
+    plot_experiment_curves(data, rep / "curves.png", exp.cfg.rolling_window)
     crops_dir = rep / "crops"
     if crops_dir.is_dir():
         shutil.rmtree(crops_dir)
     shown = _crops(exp, data, crops_dir)
-    verdict = {True: "reproduced", False: "not reproduced", None: ""}
-    items = "".join(
-        f"<li><b>{html.escape(x['finding'])}</b>"
-        f"{' — ' + verdict[x['reproduced']] if x['reproduced'] is not None else ''}: "
-        f"{html.escape(x['text'])}</li>"
-        for x in found
-    )
-    grids = []
-    for cells in shown:
-        tds = "".join(
-            f"<td><div class='t'>{html.escape(t)}</div><img src='{html.escape(img)}'>"
-            + (f"<br><img src='{html.escape(h)}'>" if h else "")
-            + "</td>"
-            for t, img, h in cells
-        )
-        grids.append(f"<table class='crops'><tr>{tds}</tr></table>")
-    unavailable = "".join(
-        f"<li>{html.escape(k)}: unavailable: {html.escape(v)}</li>" for k, v in data["unavailable"].items()
-    )
     judge_hr = fmt(data["rows"][0]["metrics"].get("judge_hr") if data["rows"] else None, 4)
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>FinPercep reward-hacking experiment</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
-.crops td{{text-align:center;vertical-align:top}}
-.crops img{{width:192px;image-rendering:pixelated}} .t{{font-size:11px;max-width:192px}}</style></head><body>
-<h1>Reward hacking in RL fine-tuning of {html.escape(cfg.generator)}</h1>
-<p>{len(exp.pairs)} held-out evaluation crops from {html.escape(", ".join(cfg.eval_photos))}
-({cfg.eval_lr_size} px LR, x{exp.scale}, {html.escape(cfg.degradation)} degradation, seed {cfg.eval_seed});
-{cfg.steps} RL steps ({html.escape(cfg.algorithm)}, batch {cfg.batch_size}, seed {cfg.seed}) per RL row;
-reward model {html.escape(str(cfg.rm_dir()))} (RM_0 … RM_{exp.n_stage});
-held-out judge {html.escape(str(exp.judge_dir))} (it scores the HR crops {judge_hr});
-artifact measure: share of pixels with M_gt(output, HR) &gt; {cfg.tau}.</p>
-<h2>Findings</h2><ul>{items}</ul>
-<h2>Table</h2>{_html_table(data)}<ul>{unavailable}</ul>
-<p>Same numbers: <a href="table.md">table.md</a>, <a href="table.json">table.json</a>.</p>
-<h2>Curves</h2><img src="curves.png"><p>Data: <a href="curves.json">curves.json</a>.</p>
-<h2>Crops</h2><p>Top: output; bottom: its RM_{exp.n_stage} (FinPercep) degradation map (brighter = more
-degraded).</p>{"".join(grids)}
-</body></html>
-"""
+    setup = _setup_html(exp, judge_hr)
+    title = f"Reward hacking in RL fine-tuning of {exp.cfg.generator}"
     path = rep / "report.html"
-    atomic_write_text(path, page)
+    atomic_write_text(path, html_page(title, setup, data, found, shown))
     logger.info("report: %s", path)
     return path
 
