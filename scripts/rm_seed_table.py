@@ -53,7 +53,7 @@ def table(groups: list[tuple[str, list[Path]]]) -> str:
                 v = _get(r["model"], key)
                 base = _get(r["baseline"]["best"], key) if key == "mse_clean" else None
                 met = (target is not None and v >= target) or (base is not None and v < base)
-                cells.append(f"**{v:.3f}**" if met else f"{v:.3f}")
+                cells.append("–" if v != v else f"**{v:.3f}**" if met else f"{v:.3f}")
             lines.append(f"| {label} | {f.stem} | " + " | ".join(cells) + " |")
         means = [_fmt([_get(r["model"], key) for r in results]) for _, key, _ in COLUMNS]
         lines.append(f"| {label} | mean ± std ({len(results)}) | " + " | ".join(means) + " |")
