@@ -133,6 +133,26 @@ def test_gaussian_policy_samples_are_exact_and_reproducible() -> None:
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.net.parameters())
 
 
+def test_antithetic_groups_mirror_their_noise_and_iid_keeps_the_old_draws() -> None:
+    policy = GaussianPolicy(srvgg_tiny(4), 4, std=0.1)
+    lr = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    iid = policy.rollout(lr, 4, gens(10, 2))
+    mean = policy(lr)[:, None]
+    # iid: sample k of input b is the k-th draw of input b's generator, as before the option existed
+    g = gens(10, 2)
+    old = torch.stack([torch.randn((4, *mean.shape[2:]), generator=x) for x in g])
+    assert torch.allclose(iid.action, mean + 0.1 * old, atol=1e-6)
+    policy.exploration = "antithetic"
+    anti = policy.rollout(lr, 4, gens(10, 2))
+    eps = (anti.action - mean) / 0.1
+    assert torch.allclose(eps[:, 2:], -eps[:, :2], atol=1e-5)
+    assert torch.allclose(eps[:, :2], old[:, :2], atol=1e-5)
+    with pytest.raises(ValueError, match="even"):
+        policy.rollout(lr, 3, gens(10, 2))
+    with pytest.raises(ConfigError, match="even group_size"):
+        RLConfig(exploration="antithetic", group_size=3)
+
+
 def test_later_ppo_epochs_re_evaluate_under_the_updated_weights() -> None:
     policy = GaussianPolicy(srvgg_tiny(4), 4, std=0.1)
     ref = frozen_copy(policy)

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import FinPercepError
 from .generators import GeneratorAdapter, Rollout
-from .losses import gaussian_kl, gaussian_log_prob
+from .losses import gaussian_kl, gaussian_log_prob, group_noise
 
 ADAPTER = "default"
 DEFAULT_LORA_RANK = 4
@@ -233,12 +233,7 @@ class OneStepDiffusionSR(GeneratorAdapter):
             raise ValueError(f"need one torch.Generator per input ({lr.shape[0]}), got {len(generators)}")
         mean = self.latent_mean(lr)
         mu = mean.detach()
-        eps = torch.stack(
-            [
-                torch.randn((n, *mu.shape[1:]), generator=g, device=mu.device, dtype=mu.dtype)
-                for g in generators
-            ]
-        )
+        eps = group_noise(mu.shape[1:], n, generators, self.exploration, mu.device, mu.dtype)
         action = mu[:, None] + torch.exp(self.log_std.detach()) * eps
         logp_old = gaussian_log_prob(action, mu[:, None], self.log_std.detach(), batch_dims=2)
         flat = action.flatten(0, 1)

@@ -54,7 +54,7 @@ from ..errors import FinPercepError
 from ..gen import GENERATORS, SRVGGNetCompact, load_ncnn_generator
 from ..io import atomic_path, atomic_write_json
 from .lora import has_lora, merge_lora
-from .losses import gaussian_kl, gaussian_log_prob
+from .losses import Exploration, gaussian_kl, gaussian_log_prob, group_noise
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class GeneratorAdapter(nn.Module):
     source: str = ""
     arch: str = ""
     owns_lora: bool = False  # True: the adapter builds its own LoRA, the trainer's ``apply_lora`` is skipped
+    exploration: Exploration = "iid"  # how rollout() draws its group noise (see losses.group_noise)
 
     @property
     def network(self) -> nn.Module:
@@ -173,12 +174,7 @@ class GaussianPolicy(GeneratorAdapter):
         mean = self.net(lr)
         mu = mean.detach()
         std = torch.exp(self.log_std.detach())
-        eps = torch.stack(
-            [
-                torch.randn((n, *mu.shape[1:]), generator=g, device=mu.device, dtype=mu.dtype)
-                for g in generators
-            ]
-        )
+        eps = group_noise(mu.shape[1:], n, generators, self.exploration, mu.device, mu.dtype)
         action = mu[:, None] + std * eps
         logp_old = gaussian_log_prob(action, mu[:, None], self.log_std.detach(), batch_dims=2)
         sr = action.clamp(0.0, 1.0).flatten(0, 1)

@@ -9,6 +9,8 @@ keeps PPO clipping meaningful instead of saturating at the first update.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
@@ -47,6 +49,35 @@ def gaussian_kl(
     d = (mean_p - mean_q) * torch.exp(-lq)
     per_elem = 0.5 * (var_ratio + d * d - 1.0) - (lp - lq)
     return per_image_mean(per_elem.expand_as(mean_p), batch_dims)
+
+
+Exploration = Literal["iid", "antithetic"]
+
+
+def group_noise(
+    shape: Sequence[int],
+    n: int,
+    generators: Sequence[torch.Generator],
+    exploration: Exploration = "iid",
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Standard normal exploration noise ``[len(generators), n, *shape]``, one generator per input.
+
+    ``antithetic`` draws ``n // 2`` samples and appends their negatives (``n`` must be even): within a
+    group, the estimator then sees the reward *differences* of mirrored samples, which removes the
+    reward's even-order terms (its value at the mean and its curvature) from the gradient estimate.
+    """
+    if exploration == "antithetic":
+        if n % 2:
+            raise ValueError(f"antithetic exploration needs an even group size, got {n}")
+        half = group_noise(shape, n // 2, generators, "iid", device, dtype)
+        return torch.cat([half, -half], dim=1)
+    if exploration != "iid":
+        raise ValueError(f"exploration must be iid or antithetic, got {exploration!r}")
+    return torch.stack(
+        [torch.randn((n, *shape), generator=g, device=device, dtype=dtype) for g in generators]
+    )
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -50,7 +50,7 @@ from .data import DegradationKind, PairSource
 from .generators import AdapterOptions, GeneratorAdapter, build_adapter, export_generator
 from .logs import CSV_NAME, CURVES_NAME, RunLog, plot_curves, read_log
 from .lora import apply_lora
-from .losses import clip_fraction, group_advantages, grpo_loss
+from .losses import Exploration, clip_fraction, group_advantages, grpo_loss
 from .rewards import RewardFn, StagedRMRewards, WeightedReward, check_reward, parse_weighted_spec, reward_name
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ _RESUME_IGNORES = {
     "gradient_checkpointing",
 }
 # options added after runs were made, with the value that reproduces what those runs did
-_ADDED_LATER = {"early_steps": 0, "precision": "fp32", "lora": None, "vae_lora": False}
+_ADDED_LATER = {"early_steps": 0, "precision": "fp32", "lora": None, "vae_lora": False, "exploration": "iid"}
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
@@ -126,6 +126,9 @@ class RLConfig:
     kl_coef: float = option(0.05, help="grpo: weight of the KL to the reference policy")
     policy_std: float = option(0.05, help="grpo: std of the Gaussian policy around the generator output")
     learn_std: bool = option(False, help="grpo: learn the policy std (per channel)")
+    exploration: Exploration = option(
+        "iid", help="grpo: group noise, iid or antithetic (mirrored pairs: +eps and -eps)"
+    )
     fidelity_weight: float = option(1.0, help="refl: weight of the MSE to the reference generator's output")
     lora_rank: int = option(0, help="LoRA rank on every conv (0 = train all weights)")
     lora_alpha: float | None = option(None, help="LoRA alpha (none = rank)")
@@ -169,6 +172,11 @@ class RLConfig:
         )
         check(self.algorithm != "grpo" or self.group_size >= 2, "grpo needs group_size >= 2")
         check(self.ppo_epochs >= 1, "ppo_epochs must be >= 1")
+        check(self.exploration in ("iid", "antithetic"), "exploration must be iid or antithetic")
+        check(
+            self.exploration == "iid" or self.group_size % 2 == 0,
+            f"antithetic exploration needs an even group_size, got {self.group_size}",
+        )
         check(self.lr > 0, "lr must be positive")
         check(self.weight_decay >= 0, "weight_decay must be >= 0")
         check(0 < self.clip_eps < 1, f"clip_eps must lie in (0, 1), got {self.clip_eps}")
@@ -453,6 +461,7 @@ def train(
         cfg.lr_size * policy.scale >= RM_MIN_SIZE,
         f"lr_size {cfg.lr_size} x{policy.scale} is below the reward model's {RM_MIN_SIZE} px minimum",
     )
+    policy.exploration = cfg.exploration
     ref = policy.reference()
     if cfg.lora_rank and not policy.owns_lora:
         apply_lora(policy.network, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
