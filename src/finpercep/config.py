@@ -3,7 +3,9 @@
 Each concern (synthesis, degradation, reward model, RL, eval) has one frozen dataclass whose
 ``__post_init__`` validates it. :func:`add_arguments` turns such a dataclass into argparse options
 (``--field-name``) and :func:`from_args` builds the dataclass back from the parsed namespace, so the
-CLI never drifts from the Python API.
+CLI never drifts from the Python API. A config may hold another (a field typed as a config dataclass): its
+fields become options too, and :func:`to_dict` / :func:`from_dict` nest it; :func:`flatten` gives the one
+key per option layout that files written before a config was nested have, and :func:`from_dict` reads it.
 """
 
 from __future__ import annotations

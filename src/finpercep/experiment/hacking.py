@@ -48,7 +48,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -59,6 +59,9 @@ from ..eval.pyiqa_metrics import IQAScorer
 from ..io import atomic_write_json, save_png
 from ..rm.model import RewardModel, resolve_checkpoint, stage_dirs
 from .config import ROW_NAMES, ROWS, TRAIN_PHOTOS, HackingConfig, RLSettings, RowSpec, check_config, row_spec
+
+if TYPE_CHECKING:
+    from ..rl.train import RLConfig
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +174,7 @@ class Experiment:
             return [(None, self.row_dir(name))]
         return [(s, self.run_dir(name, s)) for s in self.cfg.rl_seeds()]
 
-    def rl_config(self, row: RowSpec, seed: int) -> Any:
+    def rl_config(self, row: RowSpec, seed: int) -> RLConfig:
         """The RLConfig of ``row``'s run with RL seed ``seed``."""
         return self.cfg.rl_config(row, self.run_dir(row.name, seed), self.hr_folders, seed)
 
