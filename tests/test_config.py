@@ -1,10 +1,21 @@
 import argparse
+import json
 from dataclasses import dataclass
 from typing import Literal
 
 import pytest
 
-from finpercep.config import add_arguments, check, check_range, from_args, from_dict, option, to_dict
+from finpercep.config import (
+    add_arguments,
+    check,
+    check_range,
+    flatten,
+    from_args,
+    from_dict,
+    option,
+    option_names,
+    to_dict,
+)
 from finpercep.errors import ConfigError
 
 
@@ -88,3 +99,58 @@ def test_dict_round_trip_and_unknown_keys():
         from_dict(Cfg, {"nope": 1})
     with pytest.raises(ConfigError):
         Inner(p=2.0)
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Knobs nested in Outer."""
+
+    lr: float = option(1e-5, help="learning rate")
+    stages: tuple[int, ...] = option((), help="stage starts")
+    inner: Inner = option(default_factory=Inner, help="deeper")
+
+
+@dataclass(frozen=True)
+class Outer:
+    """A config holding others."""
+
+    out: str = option("runs/x", help="output")
+    knobs: Knobs = option(default_factory=lambda: Knobs(lr=1e-4, inner=Inner(p=0.25)), help="knobs")
+    other: Inner = option(default_factory=Inner, help="with a prefix", prefix="other_")
+
+
+def _parse_outer(argv):
+    p = argparse.ArgumentParser()
+    add_arguments(p, Outer)
+    return p, from_args(Outer, p.parse_args(argv))
+
+
+def test_nested_config_flags_keep_their_names_and_the_outer_defaults():
+    p, cfg = _parse_outer([])
+    assert cfg == Outer() and cfg.knobs.lr == 1e-4 and cfg.knobs.inner.p == 0.25
+    flags = {a.option_strings[0] for a in p._actions if a.option_strings}
+    assert flags == {"-h", "--out", "--lr", "--stages", "--p", "--other-p"}
+    assert "(default: 0.0001)" in p.format_help()  # the outer default instance's value, not the class's
+    _, cfg = _parse_outer(["--lr", "0.5", "--stages", "3", "7", "--other-p", "0.9"])
+    assert cfg == Outer(knobs=Knobs(lr=0.5, stages=(3, 7), inner=Inner(p=0.25)), other=Inner(p=0.9))
+    _, cfg = _parse_outer(["--p", "0.75"])  # two levels down; the rest stays the outer default
+    assert cfg.knobs == Knobs(lr=1e-4, inner=Inner(p=0.75))
+    with pytest.raises(ConfigError, match="p must be in"):
+        _parse_outer(["--p", "2"])
+
+
+def test_nested_dict_round_trip_and_the_flat_layout_of_older_files():
+    cfg = Outer(out="y", knobs=Knobs(lr=0.3, stages=(5,), inner=Inner(p=0.1)), other=Inner(p=0.6))
+    d = json.loads(json.dumps(to_dict(cfg)))
+    assert d == {"out": "y", "knobs": {"lr": 0.3, "stages": [5], "inner": {"p": 0.1}}, "other": {"p": 0.6}}
+    assert from_dict(Outer, d) == cfg
+    flat = flatten(Outer, d)
+    assert flat == {"out": "y", "lr": 0.3, "stages": [5], "p": 0.1, "other_p": 0.6}
+    assert flatten(Outer, flat) == flat and option_names(Outer) == list(flat)
+    assert from_dict(Outer, flat) == cfg  # a file written before the nesting loads as it is
+    # keys left out take the field's default instance, not the nested class's defaults
+    assert from_dict(Outer, {"stages": [1]}) == Outer(knobs=Knobs(lr=1e-4, stages=(1,), inner=Inner(p=0.25)))
+    with pytest.raises(ConfigError, match="unknown Outer keys"):
+        from_dict(Outer, {"nope": 1})
+    with pytest.raises(ConfigError, match="set twice"):
+        flatten(Outer, {"lr": 0.1, "knobs": {"lr": 0.2}})

@@ -15,11 +15,15 @@ import numpy as np
 import pytest
 import torch
 
+from finpercep.config import flatten, from_args, from_dict, to_dict
 from finpercep.errors import ConfigError, FinPercepError
-from finpercep.experiment import HackingConfig, run_hacking
+from finpercep.experiment import HackingConfig, RLSettings, run_hacking
+from finpercep.experiment import collect as C
+from finpercep.experiment import config as K
 from finpercep.experiment import hacking as H
 from finpercep.experiment import stats as S
 from finpercep.experiment.cli import add_experiment
+from finpercep.experiment.findings import findings
 from finpercep.rl.toy import tiny_reward_model
 
 torch.set_num_threads(1)
@@ -31,11 +35,7 @@ def tiny_config(root: Path, **kw: Any) -> HackingConfig:
         reward_model=str(root / "rm"),
         judge=str(root / "judge"),
         out=str(root / "exp"),
-        steps=4,
-        batch_size=2,
-        group_size=2,
-        lr=1e-3,
-        lr_size=16,
+        rl=RLSettings(steps=4, batch_size=2, group_size=2, lr=1e-3, lr_size=16),
         eval_every=2,
         curve_pairs=2,
         num_pairs=4,
@@ -47,6 +47,11 @@ def tiny_config(root: Path, **kw: Any) -> HackingConfig:
     )
     base.update(kw)
     return HackingConfig(**base)
+
+
+def with_rl(cfg: HackingConfig, **kw: Any) -> HackingConfig:
+    """``cfg`` with other RL settings."""
+    return dataclasses.replace(cfg, rl=dataclasses.replace(cfg.rl, **kw))
 
 
 @pytest.fixture(scope="module")
@@ -144,15 +149,15 @@ def test_rerun_skips_finished_rows(run: tuple[HackingConfig, Path], monkeypatch:
     assert {p: p.stat().st_mtime_ns for p in rows.glob("**/eval.json")} == before and len(before) == 4
     assert json.loads((report.parent / "table.json").read_text())["rows"] == json.loads(table)["rows"]
     with pytest.raises(FinPercepError, match="different settings.*steps"):
-        run_hacking(dataclasses.replace(cfg, steps=6))
-    saved_path = Path(cfg.out) / H.CONFIG_NAME
+        run_hacking(with_rl(cfg, steps=6))
+    saved_path = Path(cfg.out) / K.CONFIG_NAME
     saved = saved_path.read_text()
     old = json.loads(saved)
-    del old["early_steps"]  # an experiment from before the option: its CCL rows split the run evenly
+    del old["rl"]["early_steps"]  # an experiment from before the option: its CCL rows split the run evenly
     saved_path.write_text(json.dumps(old))
     with pytest.raises(FinPercepError, match="different settings.*early_steps"):
         run_hacking(cfg)
-    assert run_hacking(dataclasses.replace(cfg, early_steps=0)) == report
+    assert run_hacking(with_rl(cfg, early_steps=0)) == report
     saved_path.write_text(saved)
 
 
@@ -161,7 +166,7 @@ def test_an_interrupted_row_resumes_to_the_same_result(
 ) -> None:
     cfg, _ = run
     cfg2 = dataclasses.replace(cfg, out=str(tmp_path / "exp"), rows=("finpercep_ccl",), report_crops=0)
-    real = H._Experiment.curve_eval
+    real = H.Experiment.curve_eval
 
     def crash_at_step_2(self: Any, net: torch.nn.Module, step: int) -> dict[str, float]:
         out = real(self, net, step)
@@ -169,10 +174,10 @@ def test_an_interrupted_row_resumes_to_the_same_result(
             raise KeyboardInterrupt
         return out
 
-    monkeypatch.setattr(H._Experiment, "curve_eval", crash_at_step_2)
+    monkeypatch.setattr(H.Experiment, "curve_eval", crash_at_step_2)
     with pytest.raises(KeyboardInterrupt):
         run_hacking(cfg2)
-    monkeypatch.setattr(H._Experiment, "curve_eval", real)
+    monkeypatch.setattr(H.Experiment, "curve_eval", real)
     row = tmp_path / "exp" / "rows" / "finpercep_ccl" / "seed_0"
     assert not (row / "eval.json").exists() and (row / "state.pt").is_file()
     run_hacking(cfg2)
@@ -187,7 +192,7 @@ def test_an_interrupted_row_resumes_to_the_same_result(
 
 
 def fake_row(name: str, runs: dict[int | None, dict[str, float]], per_image: list[Any] | None = None) -> dict:
-    """A row as :func:`H.collect` makes it: one run per seed (the baseline: seed None)."""
+    """A row as :func:`C.collect` makes it: one run per seed (the baseline: seed None)."""
     recs = [{"seed": s, "metrics": m, "per_image": per_image or []} for s, m in runs.items()]
     return {"row": name, "label": name, "runs": recs, "metrics": S.seed_means(recs)}
 
@@ -255,7 +260,7 @@ def test_a_finding_is_stated_only_when_its_interval_excludes_zero() -> None:
     hacked, ccl = rl("global", 24, 0.3, 0.0, 0.5, 0.1), rl("finpercep_ccl", 24.8, 0.21, 0.2, 0.3, 0.1)
     full = rl("finpercep", 24.5, 0.25, 0.05, 0.2, 0.3)
     data = {"rows": [base, hacked, full, ccl], "osc_from": 10, "n_stage": 3, "n_seeds": 3}
-    got = {f["finding"]: f for f in H.findings(data)}
+    got = {f["finding"]: f for f in findings(data)}
     hack = got["global reward hacking"]
     assert hack["reproduced"] is True and "the global reward is hacked" in hack["text"]
     assert "0.0000 → 0.5000" in hack["text"] and "over 3 seeds" in hack["text"]
@@ -276,19 +281,19 @@ def test_a_finding_is_stated_only_when_its_interval_excludes_zero() -> None:
             **{"score:RM_0": (0.9, -0.3, 0.9)},
         ),
     )
-    got = {f["finding"]: f for f in H.findings({**data, "rows": [base, noisy, full, ccl]})}
+    got = {f["finding"]: f for f in findings({**data, "rows": [base, noisy, full, ccl]})}
     hack = got["global reward hacking"]
     assert hack["reproduced"] is None and "hacked" not in hack["text"]
     assert "within the seed-to-seed spread (Δ +0.5 ± " in hack["text"]
     ccl_noisy = fake_row("finpercep_ccl", seeded(judge=(0.3, -0.2, 0.2), artifact_frac=(0.1, 0.5, 0.3)))
-    got = {f["finding"]: f for f in H.findings({**data, "rows": [base, hacked, ccl_noisy]})}
+    got = {f["finding"]: f for f in findings({**data, "rows": [base, hacked, ccl_noisy]})}
     best = got["FinPercep-RM + CCL best on judge and artifacts"]
     assert best["reproduced"] is None and "fewer artifacts" not in best["text"]
     assert "Artifact fraction: the difference is within the seed-to-seed spread" in best["text"]
     # the opposite beyond the spread is a refutation; 5 % more fluctuation is not oscillation
     honest = rl("global", 25.5, 0.1, 0.3, -0.1, 0.1)
     near = rl("finpercep", 24.5, 0.25, 0.05, 0.2, 0.105)
-    got = {f["finding"]: f for f in H.findings({**data, "rows": [base, honest, near, ccl]})}
+    got = {f["finding"]: f for f in findings({**data, "rows": [base, honest, near, ccl]})}
     assert got["global reward hacking"]["reproduced"] is False
     assert "did not raise" in got["global reward hacking"]["text"]
     assert got["FinPercep-RM without CCL oscillates"]["reproduced"] is False
@@ -327,14 +332,14 @@ def test_one_seed_findings_use_the_crops_and_leave_oscillation_open() -> None:
             one("finpercep_ccl", pairs(24.8, 0.21, 0.2, 0.3), 0.1),
         ],
     }
-    got = {f["finding"]: f for f in H.findings(data)}
+    got = {f["finding"]: f for f in findings(data)}
     hack = got["global reward hacking"]
     assert hack["reproduced"] is True and hack["intervals"]["psnr"]["unit"] == "crops"
     assert "over 3 crops" in hack["text"] and "evaluation noise" in got["note"]["text"]
     osc = got["FinPercep-RM without CCL oscillates"]
     assert osc["reproduced"] is None and "--seeds 2 or more" in osc["text"]
     data["rows"][1] = one("global", pairs(24, 0.3, 0.0, 0.5, spread=2.0), 0.1)
-    hack = {f["finding"]: f for f in H.findings(data)}["global reward hacking"]
+    hack = {f["finding"]: f for f in findings(data)}["global reward hacking"]
     assert hack["reproduced"] is None and "crop-to-crop spread of this one-seed evaluation" in hack["text"]
 
 
@@ -354,10 +359,11 @@ def test_config_checks_and_cli(tmp_path: Path) -> None:
         ["experiment", "hacking", "--steps", "7", "--rows", "baseline", "global", "--seeds", "3"]
     )
     assert ns.steps == 7 and ns.rows == ["baseline", "global"] and ns.seeds == 3 and callable(ns.func)
+    assert from_args(HackingConfig, ns).rl == RLSettings(steps=7)
     with pytest.raises(ConfigError, match="seeds"):
         HackingConfig(seeds=0)
     assert HackingConfig(seed=5, seeds=3).rl_seeds() == [5, 6, 7] and HackingConfig().seeds == 1
-    assert H.rolling_std([1.0, 3.0, 5.0, 5.0], 2)[1:] == pytest.approx([2**0.5, 2**0.5, 0.0])
+    assert C.rolling_std([1.0, 3.0, 5.0, 5.0], 2)[1:] == pytest.approx([2**0.5, 2**0.5, 0.0])
 
 
 def test_a_missing_judge_is_built_with_the_reward_models_recipe(
@@ -371,13 +377,13 @@ def test_a_missing_judge_is_built_with_the_reward_models_recipe(
         return Path(cfg.judge)
 
     monkeypatch.setattr("finpercep.eval.judge.build_judge", fake_build)
-    exp = H._Experiment(dataclasses.replace(cfg, judge=None, judge_seed=4, out=str(tmp_path / "exp")))
+    exp = H.Experiment(dataclasses.replace(cfg, judge=None, judge_seed=4, out=str(tmp_path / "exp")))
     (jc,) = built
     assert jc.out == str(tmp_path / "exp" / "judge") and jc.seed == 4
     assert jc.like is None  # the tiny reward model records no recipe
     assert exp.judge_dir == (Path(cfg.judge) / "stage_2").resolve()
     with pytest.raises(FinPercepError, match="is the training reward model"):
-        H._Experiment(dataclasses.replace(cfg, judge=cfg.reward_model, out=str(tmp_path / "exp2")))
+        H.Experiment(dataclasses.replace(cfg, judge=cfg.reward_model, out=str(tmp_path / "exp2")))
 
 
 @pytest.fixture(scope="module")
@@ -445,7 +451,7 @@ def test_two_seeds_give_every_seeds_values_and_a_mean_and_interval_per_column(
     curves = json.loads((report.parent / "curves.json").read_text())
     assert curves["global"]["seed"] == 0 and list(curves["global"]["other_seeds"]) == ["1"]
     assert curves["global"]["train"]["reward"] != curves["global"]["other_seeds"]["1"]["train"]["reward"]
-    ref = json.loads((Path(cfg.out) / H.REFERENCE_NAME).read_text())
+    ref = json.loads((Path(cfg.out) / C.REFERENCE_NAME).read_text())
     assert {k.split(":")[0] for k in ref} == {"0", "1"}
 
 
@@ -465,7 +471,7 @@ def test_a_rerun_skips_finished_seeds_and_reads_a_seedless_run_as_its_seed(
     ev = json.loads((legacy / "eval.json").read_text())
     niqe0 = ev["metrics"].pop("niqe")
     (legacy / "eval.json").write_text(json.dumps(ev))
-    ref_path = out / H.REFERENCE_NAME
+    ref_path = out / C.REFERENCE_NAME
     ref = json.loads(ref_path.read_text())
     ref_path.write_text(json.dumps({k[2:]: v for k, v in ref.items() if k.startswith("0:")}))
     before = {p: p.stat().st_mtime_ns for p in rows.glob("**/eval.json") if p.parent != legacy}
@@ -496,3 +502,65 @@ def test_a_rerun_skips_finished_seeds_and_reads_a_seedless_run_as_its_seed(
     trained.clear()
     run_hacking(cfg3)
     assert trained == []
+
+
+TODAY_DEFAULTS: dict[str, Any] = {
+    "generator": "realesrgan-animevideov3", "reward_model": None, "judge": None, "judge_stage": None,
+    "judge_seed": 1, "judge_num": 36, "out": "runs/hacking",
+    "rows": ["baseline", "global", "finpercep", "finpercep_ccl"], "algorithm": "grpo", "steps": 300,
+    "batch_size": 4, "group_size": 4, "lr": 0.0001, "kl_coef": 0.01, "policy_std": 0.05,
+    "fidelity_weight": 1.0, "lora_rank": 0, "map_penalty": 0.5, "schedule": "fixed", "stage_steps": [],
+    "early_steps": 20, "lr_size": 32,
+    "train_photos": ["astronaut", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina"],
+    "hr_folders": [], "degradation": "realesrgan", "seed": 0, "seeds": 1, "eval_every": 25, "curve_pairs": 8,
+    "eval_photos": ["coffee", "motorcycle_left"], "num_pairs": 16, "eval_lr_size": 64, "eval_seed": 2024,
+    "tau": 0.8, "iqa": ["lpips", "musiq", "maniqa", "clipiqa"], "iqa_weights": None, "report_crops": 3,
+    "rolling_window": 10, "threads": 0, "progress": True,
+}  # fmt: skip
+"""``hacking_config.json`` of ``HackingConfig()`` as the code before the nested RL settings wrote it."""
+
+
+def test_the_nested_rl_settings_keep_the_flags_and_defaults_of_the_flat_config() -> None:
+    import argparse
+
+    assert flatten(HackingConfig, to_dict(HackingConfig())) == {
+        k: tuple(v) if isinstance(v, list) else v for k, v in TODAY_DEFAULTS.items()
+    }
+    assert from_dict(HackingConfig, TODAY_DEFAULTS) == HackingConfig()  # a flat file loads as it is
+    parser = argparse.ArgumentParser()
+    add_experiment(parser.add_subparsers(dest="cmd"))
+    hacking = parser._subparsers._group_actions[0].choices["experiment"]  # type: ignore[union-attr]
+    sub = hacking._subparsers._group_actions[0].choices["hacking"]  # type: ignore[union-attr]
+    flags = {a.option_strings[0] for a in sub._actions if a.option_strings} - {"-h"}
+    assert flags == {"--" + k.replace("_", "-") for k in TODAY_DEFAULTS}
+    argv = "experiment hacking --lr 3e-4 --kl-coef 0.02 --early-steps 0 --map-penalty 0 --lr-size 16 --seed 2"
+    cfg = from_args(HackingConfig, parser.parse_args(argv.split()))
+    assert cfg.rl == RLSettings(lr=3e-4, kl_coef=0.02, early_steps=0, map_penalty=0.0, lr_size=16)
+    assert cfg.seed == 2 and cfg.rl.steps == 300 and cfg.rl.batch_size == 4
+    rl = cfg.rl_config(K.row_spec("finpercep_ccl"), Path("o"), ("hr",), seed=5)
+    assert (rl.lr, rl.kl_coef, rl.early_steps, rl.map_penalty, rl.lr_size) == (3e-4, 0.02, 0, 0.0, 16)
+    assert (rl.curriculum, rl.seed, rl.save_every, rl.steps, rl.hr_folders) == ("ccl", 5, 25, 300, ("hr",))
+
+
+def test_an_experiment_folder_with_the_flat_config_resumes(
+    run: tuple[HackingConfig, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg, report = run
+    saved_path = Path(cfg.out) / K.CONFIG_NAME
+    saved = json.loads(saved_path.read_text())
+    flat = {**{k: v for k, v in saved.items() if k != "rl"}, **saved["rl"]}
+    assert set(flat) == set(TODAY_DEFAULTS)
+    saved_path.write_text(json.dumps(flat, indent=2))
+
+    def no_training(*a: Any, **k: Any) -> None:
+        raise AssertionError("a finished row was trained again")
+
+    monkeypatch.setattr(sys.modules["finpercep.rl.train"], "train", no_training)
+    again = dataclasses.replace(cfg, report_crops=1)
+    assert run_hacking(again) == report
+    now = json.loads(saved_path.read_text())
+    assert now == json.loads(json.dumps(to_dict(again))) and "rl" in now  # accepted; written nested
+    saved_path.write_text(json.dumps({**flat, "kl_coef": 0.5}))
+    with pytest.raises(FinPercepError, match=r"different settings \(kl_coef\)"):
+        run_hacking(cfg)
+    saved_path.write_text(json.dumps(saved))

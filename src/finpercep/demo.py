@@ -139,7 +139,7 @@ def _run_demo(cfg: DemoConfig, *, progress: bool) -> Path:
     from .data.show import contact_sheet
     from .data.synthesis import SynthesisConfig, build
     from .eval.judge import JudgeConfig, build_judge
-    from .experiment.hacking import HackingConfig, run_hacking
+    from .experiment import HackingConfig, RLSettings, run_hacking
     from .rm.train import RMTrainConfig, train
 
     out = Path(cfg.out)
@@ -194,10 +194,9 @@ def _run_demo(cfg: DemoConfig, *, progress: bool) -> Path:
             judge=str(judge_dir),
             out=str(out / "experiment"),
             rows=p.rl_rows,
-            steps=p.rl_steps,
-            lr=p.rl_lr,
-            early_steps=p.rl_early_steps,
-            map_penalty=p.rl_map_penalty,
+            rl=RLSettings(
+                steps=p.rl_steps, lr=p.rl_lr, early_steps=p.rl_early_steps, map_penalty=p.rl_map_penalty
+            ),
             seed=cfg.seed,
             eval_every=p.eval_every,
             num_pairs=p.num_pairs,

@@ -10,7 +10,7 @@ from ..config import add_arguments, from_args
 
 def add_experiment(sub: argparse._SubParsersAction) -> None:
     """Register ``experiment hacking`` under the top-level ``finpercep`` parser."""
-    from .hacking import HackingConfig
+    from .config import HackingConfig
 
     p = sub.add_parser("experiment", help="reproduce the paper's experiments")
     esub = p.add_subparsers(dest="experiment_cmd", required=True)
@@ -24,7 +24,8 @@ def add_experiment(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_hacking(ns: argparse.Namespace) -> None:
-    from .hacking import HackingConfig, run_hacking
+    from .config import HackingConfig
+    from .hacking import run_hacking
 
     overrides = {"progress": False} if getattr(ns, "quiet", False) else {}
     sys.stdout.write(f"{run_hacking(from_args(HackingConfig, ns, **overrides))}\n")

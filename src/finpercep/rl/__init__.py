@@ -2,7 +2,8 @@
 
 Entry points: :func:`train` with an :class:`RLConfig` (``finpercep rl train`` on the command line),
 the adapter interface :class:`GeneratorAdapter` for new generator families, the reward callables of
-:mod:`.rewards` and the pure curriculum logic of :mod:`.curriculum`.
+:mod:`.rewards`, the pure curriculum logic of :mod:`.curriculum`, and for code that reads RL output
+folders :mod:`.policy` (:func:`load_policy`, :func:`reference_rewards`).
 """
 
 from ..ema import EMA
@@ -27,6 +28,18 @@ from .generators import (
 from .logs import read_log
 from .lora import LoRAConv2d, apply_lora, merge_lora
 from .losses import clipped_surrogate, gaussian_kl, gaussian_log_prob, group_advantages, grpo_loss
+from .policy import (
+    TrainingSamples,
+    build_policy,
+    checkpoint_step,
+    is_run_dir,
+    load_policy,
+    pretrained_policy,
+    reference_rewards,
+    run_config,
+    training_data,
+    training_samples,
+)
 from .rewards import (
     PyIQAReward,
     RewardFn,
@@ -56,11 +69,14 @@ __all__ = [
     "RewardFn",
     "Rollout",
     "StagedRMRewards",
+    "TrainingSamples",
     "Transition",
     "WeightedReward",
     "apply_lora",
     "build_adapter",
     "build_generator",
+    "build_policy",
+    "checkpoint_step",
     "clipped_surrogate",
     "export_generator",
     "frozen_copy",
@@ -69,12 +85,19 @@ __all__ = [
     "generator_names",
     "group_advantages",
     "grpo_loss",
+    "is_run_dir",
     "load_exported",
+    "load_policy",
     "load_reward",
     "load_spandrel",
     "merge_lora",
     "parse_weighted_spec",
     "plateau_test",
+    "pretrained_policy",
     "read_log",
+    "reference_rewards",
+    "run_config",
     "train",
+    "training_data",
+    "training_samples",
 ]
