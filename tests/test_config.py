@@ -4,8 +4,17 @@ from typing import Literal
 
 import pytest
 
-from finpercep.config import add_arguments, check, check_range, from_args, from_dict, option, to_dict
-from finpercep.errors import ConfigError
+from finpercep.config import (
+    add_arguments,
+    check,
+    check_range,
+    from_args,
+    from_dict,
+    option,
+    run_main,
+    to_dict,
+)
+from finpercep.errors import ConfigError, FinPercepError
 
 
 @dataclass(frozen=True)
@@ -88,3 +97,39 @@ def test_dict_round_trip_and_unknown_keys():
         from_dict(Cfg, {"nope": 1})
     with pytest.raises(ConfigError):
         Inner(p=2.0)
+
+
+def test_run_main_builds_the_config_runs_and_prints_the_result(capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    seen = {}
+
+    def fn(cfg, ns):
+        seen["cfg"], seen["extra"] = cfg, ns.extra
+        return "runs/out"
+
+    def more(parser):
+        parser.add_argument("--extra", type=int, default=1)
+
+    argv = ["--n", "5", "--names", "u", "v", "--extra", "9", "--allocator", "system"]
+    assert run_main(Cfg, fn, argv, prog="t", description="d", add_more=more) == 0
+    assert seen == {"cfg": Cfg(n=5, names=("u", "v")), "extra": 9}
+    assert capsys.readouterr().out == "runs/out\n"
+    monkeypatch.setenv("RANK", "1")  # another process of a distributed run: nothing printed
+    assert run_main(Cfg, fn, ["--allocator", "system"], prog="t", description="d", add_more=more) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_run_main_reports_errors_in_one_line_with_status_2(capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+
+    def fail(cfg, ns):
+        raise FinPercepError("no such data")
+
+    assert run_main(Cfg, fail, ["--allocator", "system"], prog="t", description="d") == 2
+    assert capsys.readouterr().err == "finpercep: error: no such data\n"
+    # an invalid configuration is one line too, not a traceback
+    bad = ["--rng", "0.5", "0.1", "--allocator", "system"]
+    assert run_main(Cfg, fail, bad, prog="t", description="d") == 2
+    assert "finpercep: error: rng must be" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_main(Cfg, fail, ["--mode", "c"], prog="t", description="d")
