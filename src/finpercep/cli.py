@@ -214,7 +214,8 @@ def _add_rm(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_rm_train(ns: argparse.Namespace) -> None:
     from .rm.model import RMConfig
-    from .rm.train import RMTrainConfig, model_config_or_none, train
+    from .rm.prepare import model_config_or_none
+    from .rm.train import RMTrainConfig, train
 
     cfg = from_args(RMTrainConfig, ns)
     _out(str(train(cfg, model_config_or_none(cfg, from_args(RMConfig, ns, prefix="model_")))))
