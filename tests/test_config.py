@@ -14,9 +14,10 @@ from finpercep.config import (
     from_dict,
     option,
     option_names,
+    run_main,
     to_dict,
 )
-from finpercep.errors import ConfigError
+from finpercep.errors import ConfigError, FinPercepError
 
 
 @dataclass(frozen=True)
@@ -154,3 +155,37 @@ def test_nested_dict_round_trip_and_the_flat_layout_of_older_files():
         from_dict(Outer, {"nope": 1})
     with pytest.raises(ConfigError, match="set twice"):
         flatten(Outer, {"lr": 0.1, "knobs": {"lr": 0.2}})
+def test_run_main_builds_the_config_runs_and_prints_the_result(capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    seen = {}
+
+    def fn(cfg, ns):
+        seen["cfg"], seen["extra"] = cfg, ns.extra
+        return "runs/out"
+
+    def more(parser):
+        parser.add_argument("--extra", type=int, default=1)
+
+    argv = ["--n", "5", "--names", "u", "v", "--extra", "9", "--allocator", "system"]
+    assert run_main(Cfg, fn, argv, prog="t", description="d", add_more=more) == 0
+    assert seen == {"cfg": Cfg(n=5, names=("u", "v")), "extra": 9}
+    assert capsys.readouterr().out == "runs/out\n"
+    monkeypatch.setenv("RANK", "1")  # another process of a distributed run: nothing printed
+    assert run_main(Cfg, fn, ["--allocator", "system"], prog="t", description="d", add_more=more) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_run_main_reports_errors_in_one_line_with_status_2(capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+
+    def fail(cfg, ns):
+        raise FinPercepError("no such data")
+
+    assert run_main(Cfg, fail, ["--allocator", "system"], prog="t", description="d") == 2
+    assert capsys.readouterr().err == "finpercep: error: no such data\n"
+    # an invalid configuration is one line too, not a traceback
+    bad = ["--rng", "0.5", "0.1", "--allocator", "system"]
+    assert run_main(Cfg, fail, bad, prog="t", description="d") == 2
+    assert "finpercep: error: rng must be" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_main(Cfg, fail, ["--mode", "c"], prog="t", description="d")

@@ -19,12 +19,19 @@ from finpercep.cli import main as cli_main
 from finpercep.dist import fingerprint as weights_fingerprint
 from finpercep.errors import ConfigError, FinPercepError
 from finpercep.io import atomic_path
-from finpercep.rm import RewardModel, RMConfig
-from finpercep.rm import train as train_mod
-from finpercep.rm.dataset import ChainDataset, load_split, split_sources
+from finpercep.rm import RewardModel, RMConfig, objective, validate
+from finpercep.rm import stage as stage_mod
+from finpercep.rm.dataset import ChainDataset, SampleDataset, load_split, split_sources
+from finpercep.rm.evaluate import RMEvalConfig, evaluate, evaluate_checkpoint
+from finpercep.rm.export import export_stages
 from finpercep.rm.fakedata import write_fake_dataset
 from finpercep.rm.metrics import misorder, spearman
-from finpercep.rm.train import RMTrainConfig, evaluate_checkpoint, export_stages, train
+from finpercep.rm.objective import map_loss
+from finpercep.rm.prepare import init_stages, model_config_or_none
+from finpercep.rm.stage import lr_at
+from finpercep.rm.train import RMTrainConfig, train
+from finpercep.rm.train_data import anchor_scores, chain_weights, epoch_order, pick_anchors
+from finpercep.rm.validate import selection_score
 
 TINY = RMConfig(cnn_widths=(8, 12, 16), cnn_blocks=(1, 1, 1), head_hidden=8, decoder_widths=(4, 8, 8))
 
@@ -51,6 +58,10 @@ def _cfg(data: Path, out: Path, **kw: object) -> RMTrainConfig:
     )
     base.update(kw)
     return RMTrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _eval_cfg(cfg: RMTrainConfig) -> RMEvalConfig:
+    return RMEvalConfig(tau=cfg.tau, batch=cfg.val_batch)
 
 
 # ---------------------------------------------------------------- data
@@ -270,9 +281,7 @@ def test_staged_training_saves_every_stage(fake_data: Path, tmp_path: Path) -> N
 
 
 def _anchor_images(data: Path, crop: int = 48) -> torch.Tensor:
-    from finpercep.rm.dataset import SampleDataset
-
-    ds = SampleDataset(data, train_mod.pick_anchors(load_split(data, ("tex_c",), 0.25), 4, 0), crop=crop)
+    ds = SampleDataset(data, pick_anchors(load_split(data, ("tex_c",), 0.25), 4, 0), crop=crop)
     return torch.stack([ds[i]["image"] for i in range(len(ds))])
 
 
@@ -282,7 +291,7 @@ def test_growth_inside_training_keeps_the_anchor_scores(fake_data: Path, tmp_pat
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
     rm0 = RewardModel.from_pretrained(tmp_path / "run", stage=0)
     x = _anchor_images(fake_data)
-    torch.testing.assert_close(train_mod.anchor_scores(rm0, x, 8), state["anchor_ref"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(anchor_scores(rm0, x, 8), state["anchor_ref"], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -317,9 +326,9 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
     )
     if keep == "best":  # a score that only falls: every stage keeps its first epoch, not the one it ends on
         falling = iter(range(100, 0, -1))
-        monkeypatch.setattr(train_mod, "selection_score", lambda val: float(next(falling)))
+        monkeypatch.setattr(validate, "selection_score", lambda val: float(next(falling)))
     train(cfg_a, TINY)
-    real_save, real_plot = train_mod._save_state, train_mod.plot_curves
+    real_save, real_plot = stage_mod.save_state, stage_mod.plot_curves
     calls = {"n": 0}
     # hard sampling: killed after RM_1's first epoch, whose map errors steer the second
     kill_at = 3 if sampling == "hard" else 2
@@ -334,9 +343,9 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
         raise KeyboardInterrupt  # killed right after RM_0 was saved, before RM_1 starts
 
     if kill == "state":
-        monkeypatch.setattr(train_mod, "_save_state", save_then_die)
+        monkeypatch.setattr(stage_mod, "save_state", save_then_die)
     else:
-        monkeypatch.setattr(train_mod, "plot_curves", die_after_stage_0)
+        monkeypatch.setattr(stage_mod, "plot_curves", die_after_stage_0)
     cfg_b = replace(cfg_a, out=str(tmp_path / "b"))
     with pytest.raises(KeyboardInterrupt):
         train(cfg_b, TINY)
@@ -347,8 +356,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
         assert np.isfinite(hard).sum() >= 2 and np.nanmax(hard) > 0
     partial = atomic_path(tmp_path / "b" / "state.pt")  # never exited: a SIGKILL mid-write
     partial.__enter__().write_bytes(b"half a checkpoint")
-    monkeypatch.setattr(train_mod, "_save_state", real_save)
-    monkeypatch.setattr(train_mod, "plot_curves", real_plot)
+    monkeypatch.setattr(stage_mod, "save_state", real_save)
+    monkeypatch.setattr(stage_mod, "plot_curves", real_plot)
     train(cfg_b, TINY)
     assert not list((tmp_path / "b").rglob(".*.tmp*"))  # the partial file was removed on resume
     hist = [json.loads(line) for line in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
@@ -364,7 +373,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
 def test_non_finite_loss_names_the_batch(
     fake_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = train_mod.rank_loss
+    real = objective.rank_loss
     calls = {"n": 0}
 
     def flaky(*args: object, **kw: object) -> torch.Tensor:
@@ -372,7 +381,7 @@ def test_non_finite_loss_names_the_batch(
         out = real(*args, **kw)  # type: ignore[arg-type]
         return out * float("nan") if calls["n"] == 2 else out
 
-    monkeypatch.setattr(train_mod, "rank_loss", flaky)
+    monkeypatch.setattr(objective, "rank_loss", flaky)
     with pytest.raises(FinPercepError) as err:
         train(_cfg(fake_data, tmp_path / "nan"), TINY)
     msg = str(err.value)
@@ -408,7 +417,7 @@ def test_two_process_ddp_training(fake_data: Path, tmp_path: Path) -> None:
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert len(history) == 3 and all(np.isfinite(h["train"]["loss"]) for h in history)
     rm1 = [h["val"] for h in history if h["stage"] == 1]
-    best = max(range(2), key=lambda i: (train_mod.selection_score(rm1[i]), -i))
+    best = max(range(2), key=lambda i: (selection_score(rm1[i]), -i))
     assert json.loads((out / "stage_1" / "metrics.json").read_text())["epoch"] == best + 1
     # 8 training chains shared by 2 processes with 2 chains per step: 2 steps per epoch, not 4
     assert (
@@ -419,12 +428,12 @@ def test_two_process_ddp_training(fake_data: Path, tmp_path: Path) -> None:
 
 def test_lr_schedule_warms_up_decays_and_scales_refinement_stages() -> None:
     cfg = RMTrainConfig(lr=1e-3, refine_lr=0.5, warmup_steps=10)
-    assert train_mod.lr_at(cfg, 0, 100, stage=1) == pytest.approx(1e-4)
-    assert train_mod.lr_at(cfg, 9, 100, stage=1) == pytest.approx(1e-3)  # peak at the end of warm-up
-    assert train_mod.lr_at(cfg, 99, 100, stage=1) == pytest.approx(1e-4, rel=0.01)  # 10 % at the end
+    assert lr_at(cfg, 0, 100, stage=1) == pytest.approx(1e-4)
+    assert lr_at(cfg, 9, 100, stage=1) == pytest.approx(1e-3)  # peak at the end of warm-up
+    assert lr_at(cfg, 99, 100, stage=1) == pytest.approx(1e-4, rel=0.01)  # 10 % at the end
     for it in (0, 9, 50, 99):  # RM_2 ... RM_N start from a trained model: refine_lr times the rate
-        assert train_mod.lr_at(cfg, it, 100, stage=3) == pytest.approx(0.5 * train_mod.lr_at(cfg, it, 100, 1))
-    assert train_mod.lr_at(cfg, 9, 100, stage=0) == train_mod.lr_at(cfg, 9, 100, stage=1)
+        assert lr_at(cfg, it, 100, stage=3) == pytest.approx(0.5 * lr_at(cfg, it, 100, 1))
+    assert lr_at(cfg, 9, 100, stage=0) == lr_at(cfg, 9, 100, stage=1)
 
 
 def test_map_loss_adds_the_area_term_with_its_weight() -> None:
@@ -433,7 +442,7 @@ def test_map_loss_adds_the_area_term_with_its_weight() -> None:
     logits = torch.randn(3, 1, 8, 8, generator=g)
     plain = RMTrainConfig(map_area=0.0)
     with_area = RMTrainConfig(map_area=2.0)
-    extra = train_mod.map_loss(with_area, [logits], target) - train_mod.map_loss(plain, [logits], target)
+    extra = map_loss(with_area, [logits], target) - map_loss(plain, [logits], target)
     expected = 2.0 * (torch.sigmoid(logits).mean(dim=(1, 2, 3)) - target.mean(dim=(1, 2, 3))).abs().mean()
     assert extra.item() == pytest.approx(expected.item(), rel=1e-5) and expected.item() > 0.01
     with pytest.raises(ConfigError, match="loss weights"):
@@ -493,7 +502,7 @@ def test_validation_with_a_weight_average_describes_the_saved_model(fake_data: P
         model = RewardModel.from_pretrained(tmp_path / "run", stage=k)
         split = load_split(fake_data, ("tex_c",), 0.25)
         chain_ids = [[s["id"] for s in c] for c in split.val_chains]
-        again = train_mod.evaluate(model, fake_data, split.val_samples, chain_ids, cfg, torch.device("cpu"))
+        again = evaluate(model, fake_data, split.val_samples, chain_ids, _eval_cfg(cfg), torch.device("cpu"))
         assert again["srcc"] == pytest.approx(saved["srcc"], abs=1e-6)
         assert again["auroc"] == pytest.approx(saved["auroc"], abs=1e-6)
         other = RewardModel.from_pretrained(tmp_path / "plain", stage=k)
@@ -501,9 +510,9 @@ def test_validation_with_a_weight_average_describes_the_saved_model(fake_data: P
 
 
 def test_selection_score_is_the_mean_of_the_targets_it_can_measure() -> None:
-    assert train_mod.selection_score({"auroc": 0.9, "triplet_acc": 0.6, "srcc": 0.3}) == pytest.approx(0.6)
-    assert train_mod.selection_score({"auroc": 0.9, "triplet_acc": float("nan"), "srcc": 0.5}) == 0.7
-    assert train_mod.selection_score({"srcc": float("nan")}) == float("-inf")
+    assert selection_score({"auroc": 0.9, "triplet_acc": 0.6, "srcc": 0.3}) == pytest.approx(0.6)
+    assert selection_score({"auroc": 0.9, "triplet_acc": float("nan"), "srcc": 0.5}) == 0.7
+    assert selection_score({"srcc": float("nan")}) == float("-inf")
 
 
 def test_keep_best_saves_and_grows_from_the_best_validated_epoch(
@@ -511,7 +520,7 @@ def test_keep_best_saves_and_grows_from_the_best_validated_epoch(
 ) -> None:
     # rank the epochs by a score that only falls, so each stage keeps its first of three epochs
     falling = iter(range(100, 0, -1))
-    monkeypatch.setattr(train_mod, "selection_score", lambda val: float(next(falling)))
+    monkeypatch.setattr(validate, "selection_score", lambda val: float(next(falling)))
     cfg = _cfg(fake_data, tmp_path / "run", stages=1, epochs=(3,), curves="off", keep=("best",))
     train(cfg, TINY)
     hist = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
@@ -524,16 +533,16 @@ def test_keep_best_saves_and_grows_from_the_best_validated_epoch(
         assert metrics["epoch"] == 1 and metrics["val"] == first == summary[f"stage_{k}"]
         assert first["score_p01_p99"] != last["score_p01_p99"]  # the epochs differ, so the choice matters
         model = RewardModel.from_pretrained(tmp_path / "run", stage=k)
-        again = train_mod.evaluate(model, fake_data, split.val_samples, chain_ids, cfg, torch.device("cpu"))
+        again = evaluate(model, fake_data, split.val_samples, chain_ids, _eval_cfg(cfg), torch.device("cpu"))
         assert again["score_p01_p99"] == pytest.approx(first["score_p01_p99"], abs=1e-5)
     # RM_1 grew from the kept RM_0: its anchor reference is the saved RM_0's anchor scores
     rm0 = RewardModel.from_pretrained(tmp_path / "run", stage=0)
-    ds = train_mod.SampleDataset(fake_data, train_mod.pick_anchors(split, 4, 0), crop=48)
+    ds = SampleDataset(fake_data, pick_anchors(split, 4, 0), crop=48)
     x = torch.stack([ds[i]["image"] for i in range(len(ds))])
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
     assert state["stage"] == 1
     # the state keeps RM_1's first epoch; its anchors came from RM_0's first epoch at growth
-    torch.testing.assert_close(train_mod.anchor_scores(rm0, x, 8), state["anchor_ref"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(anchor_scores(rm0, x, 8), state["anchor_ref"], rtol=0, atol=1e-6)
     # per stage: early-stop RM_0 only
     train(replace(cfg, out=str(tmp_path / "mixed"), keep=("best", "last")), TINY)
     metrics = [json.loads((tmp_path / "mixed" / f"stage_{k}" / "metrics.json").read_text()) for k in (0, 1)]
@@ -552,11 +561,68 @@ def test_old_runs_resume_with_the_default_of_a_newer_option(fake_data: Path, tmp
         train(replace(cfg, ema=0.9), TINY)
 
 
+# train_config.json of an RM run as the trainer of the 1132-line rm/train.py wrote it (data and out filled in)
+OLD_TRAIN_CONFIG = {
+    "anchor_batch": 2, "anchors": 4, "batch_chains": 2, "chain_sampling": "uniform", "chain_weights": [],
+    "color_jitter": 0.5, "crop": 48, "cross_rank": 1.0, "curves": "off", "deep_supervision": 0.5,
+    "device": "auto", "ema": 0.0, "epochs": [1], "export": None, "gate_ramp": 0.5, "grad_clip": 1.0,
+    "init": None, "keep": ["last"], "lambda_align": 1.0, "lambda_level": 0.0, "lambda_map": 1.0,
+    "lambda_rank": 1.0, "lr": 0.002, "map_area": 0.0, "map_balance": 0.5, "map_bce": 1.0,
+    "margins": [0.1, 0.1, 0.1], "max_steps_per_epoch": 2, "max_val_samples": 0, "num_workers": 0,
+    "progress": False, "rank_pairs": "chain", "refine_lr": 1.0, "seed": 0, "stages": 1, "tau": 0.1,
+    "threads": 1, "train_sr_models": [], "val_batch": 8, "val_fraction": 0.25, "val_sources": ["tex_c"],
+    "warmup_steps": 20, "weight_decay": 0.0001,
+}  # fmt: skip
+OLD_STATE_KEYS = {
+    "stage", "epoch", "model", "optimizer", "ema", "anchor_ref", "kept", "hardness", "history", "baseline"
+}  # fmt: skip
+
+
+def test_a_run_folder_in_the_old_layout_resumes_like_an_uninterrupted_run(
+    fake_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = _cfg(fake_data, tmp_path / "run", stages=1, curves="off")
+    train(replace(cfg, out=str(tmp_path / "ref")), TINY)
+    real_save = stage_mod.save_state
+
+    def save_then_die(path: Path, state: dict) -> None:
+        real_save(path, state)
+        raise KeyboardInterrupt  # killed after RM_0's only epoch, before RM_0 was saved
+
+    monkeypatch.setattr(stage_mod, "save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, TINY)
+    monkeypatch.setattr(stage_mod, "save_state", real_save)
+    run = tmp_path / "run"
+    assert set(torch.load(run / "state.pt", weights_only=False)) == OLD_STATE_KEYS
+    old = {**OLD_TRAIN_CONFIG, "data": str(fake_data), "out": str(run)}
+    del old["lambda_level"], old["chain_weights"]  # as written before those options existed
+    (run / "train_config.json").write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
+    train(cfg, TINY)
+    for k in (0, 1):
+        a = RewardModel.from_pretrained(run, stage=k)
+        b = RewardModel.from_pretrained(tmp_path / "ref", stage=k)
+        assert weights_fingerprint(a) == weights_fingerprint(b)
+    assert (run / "history.jsonl").read_text() == (tmp_path / "ref" / "history.jsonl").read_text()
+    with pytest.raises(FinPercepError, match=r"different settings \(lambda_level\)"):
+        train(replace(cfg, lambda_level=0.5), TINY)
+
+
+def test_rm_resume_ignores_settings_that_do_not_change_the_run(fake_data: Path, tmp_path: Path) -> None:
+    cfg = _cfg(fake_data, tmp_path / "run", stages=0, curves="off")
+    train(cfg, TINY)
+    before = (tmp_path / "run" / "history.jsonl").read_text()
+    train(replace(cfg, val_batch=3, num_workers=1, curves="stage", device="cpu", progress=True), TINY)
+    assert (tmp_path / "run" / "history.jsonl").read_text() == before  # finished: nothing retrained
+    with pytest.raises(FinPercepError, match=r"different model configuration"):
+        train(cfg, replace(TINY, head_hidden=16))
+
+
 def test_epoch_order_uniform_is_the_permutation_and_hard_favours_high_error_chains() -> None:
     n = 400
-    uniform = train_mod.epoch_order("uniform", np.full(n, np.nan), np.random.default_rng([0, 1, 2]))
+    uniform = epoch_order("uniform", np.full(n, np.nan), np.random.default_rng([0, 1, 2]))
     assert np.array_equal(uniform, np.random.default_rng([0, 1, 2]).permutation(n))  # as before the option
-    unseen = train_mod.epoch_order("hard", np.full(n, np.nan), np.random.default_rng(0))
+    unseen = epoch_order("hard", np.full(n, np.nan), np.random.default_rng(0))
     assert len(unseen) == n and len(set(unseen.tolist())) == n  # repeats are distinct indices
     counts = np.bincount(unseen % n, minlength=n)
     assert (counts == 0).mean() > 0.2  # draws with replacement, uniform weights
@@ -565,7 +631,7 @@ def test_epoch_order_uniform_is_the_permutation_and_hard_favours_high_error_chai
     hardness = np.zeros(n)
     hardness[:10] = 1.0
     hardness[10:20] = np.nan  # unmeasured: the mean, 10 / 400
-    order = train_mod.epoch_order("hard", hardness, np.random.default_rng(1)) % n
+    order = epoch_order("hard", hardness, np.random.default_rng(1)) % n
     # expected draws: chains 0-9 get n * (0.5 / n + 0.5 * 1 / 10.25) each, the others 0.5 (+ 0.024 if unseen)
     assert 150 < np.isin(order, np.arange(10)).sum() < 250
     assert np.isin(order, np.arange(20, n)).sum() < 0.6 * n
@@ -575,15 +641,15 @@ def test_chain_weights_draw_matching_sr_sources_more_often(fake_data: Path) -> N
     split = load_split(fake_data, ("tex_c",), 0.25)
     models = [c[-1]["sr_model"] for c in split.train_chains]
     target = models[0]
-    w = train_mod.chain_weights(split.train_chains, [f"{target}=4", "*=0.5"])
+    w = chain_weights(split.train_chains, [f"{target}=4", "*=0.5"])
     assert w is not None and w.tolist() == [4.0 if m == target else 0.5 for m in models]  # first match wins
-    assert train_mod.chain_weights(split.train_chains, []) is None
+    assert chain_weights(split.train_chains, []) is None
     n = 2000
     weights = np.where(np.arange(n) < 100, 5.0, 1.0)  # 100 chains weighted 5: 500 / 2400 of the weight
     # expected draws of those 100: uniform 2000 * 500 / 2400 = 417 (sd 18); hard with nothing measured yet,
     # half that share and half the uniform hardness share: 208 + 50 = 258
     for mode, lo, hi in (("uniform", 360, 475), ("hard", 200, 320)):
-        order = train_mod.epoch_order(mode, np.full(n, np.nan), np.random.default_rng(0), weights)
+        order = epoch_order(mode, np.full(n, np.nan), np.random.default_rng(0), weights)
         assert len(order) == n and len(set(order.tolist())) == n
         assert lo < (order % n < 100).sum() < hi
     for bad in (["x4plus"], ["x4plus=0"], ["=2"], ["x4plus=two"], ["x4plus=nan"]):
@@ -614,7 +680,7 @@ def test_init_fine_tunes_the_stages_of_a_trained_model(fake_data: Path, tmp_path
     a1 = RewardModel.from_pretrained(tmp_path / "a", stage=1)
     x = _anchor_images(fake_data)
     ref = torch.load(tmp_path / "b" / "state.pt", weights_only=False)["anchor_ref"]
-    torch.testing.assert_close(train_mod.anchor_scores(a1, x, 8), ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(anchor_scores(a1, x, 8), ref, rtol=0, atol=1e-6)
     assert json.loads((tmp_path / "b" / "model_config.json").read_text()) == json.loads(
         (tmp_path / "a" / "model_config.json").read_text()
     )
@@ -624,7 +690,7 @@ def test_init_fine_tunes_the_stages_of_a_trained_model(fake_data: Path, tmp_path
     c1 = RewardModel.from_pretrained(tmp_path / "c", stage=1)
     assert weights_fingerprint(c1) != weights_fingerprint(a1)
     ref = torch.load(tmp_path / "c" / "state.pt", weights_only=False)["anchor_ref"]
-    torch.testing.assert_close(train_mod.anchor_scores(a1, x, 8), ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(anchor_scores(a1, x, 8), ref, rtol=0, atol=1e-6)
 
 
 def test_init_refuses_another_architecture_and_a_missing_checkpoint(fake_data: Path, tmp_path: Path) -> None:
@@ -633,9 +699,9 @@ def test_init_refuses_another_architecture_and_a_missing_checkpoint(fake_data: P
     with pytest.raises(FinPercepError, match="another architecture"):
         train(cfg, replace(TINY, head_hidden=16))
     with pytest.raises(FinPercepError, match="drop the --model-"):
-        train_mod.model_config_or_none(cfg, replace(RMConfig(), head_hidden=16))
-    assert train_mod.model_config_or_none(cfg, RMConfig()) is None
-    assert train_mod.model_config_or_none(replace(cfg, init=None), TINY) is TINY
+        model_config_or_none(cfg, replace(RMConfig(), head_hidden=16))
+    assert model_config_or_none(cfg, RMConfig()) is None
+    assert model_config_or_none(replace(cfg, init=None), TINY) is TINY
     with pytest.raises(FinPercepError, match="not found"):
         train(replace(cfg, init=str(tmp_path / "missing")), None)
-    assert train_mod.init_stages("default").keys() == {0, 1, 2, 3, 4}  # the packaged checkpoint
+    assert init_stages("default").keys() == {0, 1, 2, 3, 4}  # the packaged checkpoint

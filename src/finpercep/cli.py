@@ -142,7 +142,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 def _add_rm(sub: argparse._SubParsersAction) -> None:
     from .rm.model import RMConfig
-    from .rm.train import RMTrainConfig
+    from .rm.train_config import RMTrainConfig
 
     p = sub.add_parser("rm", help="FinPercep-RM reward model")
     rsub = p.add_subparsers(dest="rm_cmd", required=True)
@@ -214,14 +214,15 @@ def _add_rm(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_rm_train(ns: argparse.Namespace) -> None:
     from .rm.model import RMConfig
-    from .rm.train import RMTrainConfig, model_config_or_none, train
+    from .rm.prepare import model_config_or_none
+    from .rm.train import RMTrainConfig, train
 
     cfg = from_args(RMTrainConfig, ns)
     _out(str(train(cfg, model_config_or_none(cfg, from_args(RMConfig, ns, prefix="model_")))))
 
 
 def _cmd_rm_export(ns: argparse.Namespace) -> None:
-    from .rm.train import export_stages
+    from .rm.export import export_stages
 
     _out(str(export_stages(ns.run, ns.out)))
 
@@ -230,7 +231,7 @@ def _cmd_rm_eval(ns: argparse.Namespace) -> None:
     import json
 
     from .io import atomic_write_json
-    from .rm.train import evaluate_checkpoint
+    from .rm.evaluate import evaluate_checkpoint
 
     res = evaluate_checkpoint(
         ns.data,

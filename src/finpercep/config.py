@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
+import os
+import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from .errors import ConfigError
+from .errors import ConfigError, FinPercepError
 
 T = TypeVar("T")
 
@@ -250,3 +253,43 @@ def from_dict(cls: type[T], d: dict[str, Any], *, base: Any = None) -> T:
             v = tuple(v)
         kwargs[k] = v
     return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+
+
+def run_main(
+    cls: type[T],
+    fn: Callable[[T, argparse.Namespace], object],
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str,
+    add_more: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    """The ``python -m`` entry point of a trainer, for ``torchrun`` / ``accelerate launch``.
+
+    Options come from config dataclass ``cls`` (``add_more`` adds others, e.g. a second config's) plus
+    ``--allocator``; it then runs ``fn(config, namespace)``. Every process logs warnings, the main one
+    (``RANK`` 0) also INFO and prints what ``fn`` returned. A :class:`FinPercepError` is one line on stderr
+    and exit status 2.
+    """
+    from .allocator import add_allocator_argument, configure_allocator
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser, cls)
+    if add_more is not None:
+        add_more(parser)
+    add_allocator_argument(parser)
+    ns = parser.parse_args(argv)
+    configure_allocator(ns.allocator)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(
+        level=logging.INFO if main_rank else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result = fn(from_args(cls, ns), ns)
+    except FinPercepError as exc:
+        sys.stderr.write(f"finpercep: error: {exc}\n")
+        return 2
+    if main_rank:
+        sys.stdout.write(f"{result}\n")
+    return 0

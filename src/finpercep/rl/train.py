@@ -35,16 +35,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
 from .. import dist as D
+from ..checkpoint import check_resume, save_state
 from ..config import check, option, to_dict
 from ..ema import EMA
 from ..errors import FinPercepError
-from ..io import atomic_path, atomic_write_json, remove_stale_temps, save_png
+from ..io import atomic_write_json, remove_stale_temps, save_png
 from .curriculum import Curriculum, CurriculumConfig, CurriculumKind, ScheduleKind
 from .data import DegradationKind, PairSource
 from .generators import AdapterOptions, GeneratorAdapter, build_adapter, export_generator
@@ -366,26 +367,6 @@ def adapter_options(cfg: RLConfig) -> AdapterOptions:
     )
 
 
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _check_resume(out: Path, cfg: RLConfig) -> bool:
-    """True if ``out`` holds a run of this configuration; refuses a different one."""
-    path = out / CONFIG_NAME
-    if not path.is_file():
-        return False
-    saved = {**_ADDED_LATER, **json.loads(path.read_text())}  # runs from before an option lack it
-    now = json.loads(json.dumps(to_dict(cfg)))
-    diff = sorted(k for k in set(saved) | set(now) if k not in _RESUME_IGNORES and saved.get(k) != now.get(k))
-    if diff:
-        raise FinPercepError(
-            f"{out} holds a run with different settings ({', '.join(diff)}); use another --out"
-        )
-    return True
-
-
 def _preview(policy: GeneratorAdapter, ref: GeneratorAdapter, data: PairSource, n: int, path: Path) -> None:
     """Rows of LR (nearest) | reference output | fine-tuned output | HR for a fixed set of inputs."""
     lr, hr = data.preview(n)
@@ -442,7 +423,7 @@ def train(
         cfg.batch_size % d.world == 0, f"batch_size {cfg.batch_size} must be divisible by {d.world} processes"
     )
     out = Path(cfg.out)
-    resuming = _check_resume(out, cfg)
+    resuming = check_resume(out / CONFIG_NAME, cfg, ignore=_RESUME_IGNORES, added_later=_ADDED_LATER)
     if d.main and resuming and (stale := remove_stale_temps(out)):
         logger.info("removed %d partial file(s) that a killed run left in %s", stale, out)
     D.barrier(d)
@@ -512,7 +493,7 @@ def train(
     def save() -> None:
         nonlocal last_plot
         if d.main:
-            _save_state(
+            save_state(
                 state_path,
                 {
                     "step": step,
@@ -629,30 +610,11 @@ def _spawned_train(cfg: RLConfig, rewards: Sequence[RewardFn] | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m finpercep.rl`` (also under ``accelerate launch`` or ``torchrun``); see ``rl train``."""
-    import argparse
-    import os
+    from ..config import run_main
 
-    from ..allocator import add_allocator_argument, configure_allocator
-    from ..config import add_arguments, from_args
-
-    p = argparse.ArgumentParser(prog="finpercep.rl", description=__doc__.splitlines()[0])
-    add_arguments(p, RLConfig)
-    add_allocator_argument(p)
-    ns = p.parse_args(argv)
-    configure_allocator(ns.allocator)
-    main_rank = os.environ.get("RANK", "0") == "0"
-    logging.basicConfig(
-        level=logging.INFO if main_rank else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    return run_main(
+        RLConfig, lambda cfg, _: train(cfg), argv, prog="finpercep.rl", description=__doc__.splitlines()[0]
     )
-    try:
-        path = train(from_args(RLConfig, ns))
-    except FinPercepError as exc:
-        sys.stderr.write(f"finpercep: error: {exc}\n")
-        return 2
-    if main_rank:
-        sys.stdout.write(f"{path}\n")
-    return 0
 
 
 if __name__ == "__main__":

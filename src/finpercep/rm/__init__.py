@@ -13,7 +13,7 @@ __all__ = ["RMConfig", "RMInputError", "RMMetric", "RMOutput", "RMTrainConfig", 
 def __getattr__(name: str) -> Any:
     """Lazy exports: training and scoring pull in the data pipeline and plotting only when used."""
     if name == "RMTrainConfig":
-        from .train import RMTrainConfig
+        from .train_config import RMTrainConfig
 
         return RMTrainConfig
     if name == "score_paths":
