@@ -393,9 +393,9 @@ def test_cli_builds_the_config() -> None:
 
 
 def test_no_reward_model_path_means_every_stage_of_the_packaged_default() -> None:
-    from finpercep.rl.rewards import rm_stage_dirs
     from finpercep.rm.model import default_checkpoint_dir
+    from finpercep.rm.stages import stage_dirs
 
-    stages = rm_stage_dirs(None)
+    stages = stage_dirs(None)
     assert list(stages) == [0, 1, 2, 3, 4]  # ccl needs RM_0 ... RM_N, not only the highest stage
     assert all(p.parent == default_checkpoint_dir() for p in stages.values())

@@ -14,6 +14,7 @@ from finpercep.errors import ConfigError, FinPercepError
 from finpercep.io import save_png
 from finpercep.rm import RewardModel, RMConfig, RMInputError, RMOutput
 from finpercep.rm.model import default_checkpoint_dir, saved_rm_config
+from finpercep.rm.score import Scorer, score_images
 
 TINY = RMConfig(cnn_widths=(8, 12, 16), cnn_blocks=(1, 1, 1), head_hidden=8, decoder_widths=(4, 8, 8))
 
@@ -232,7 +233,31 @@ def test_from_pretrained_default() -> None:
 def test_bad_inputs_raise_clear_errors(x: object, match: str) -> None:
     model = RewardModel(TINY)
     with pytest.raises(RMInputError, match=match):
-        model(x)
+        Scorer(model)(x)
+
+
+@pytest.mark.parametrize(
+    ("x", "match"),
+    [
+        (np.zeros((1, 3, 64, 64), np.float32), "torch.Tensor"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), r"x.float\(\) / 255"),
+        (torch.zeros(1, 64, 64, 3), "channels last"),
+        (torch.zeros(1, 3, 31, 64), "at least 32x32"),
+        (torch.zeros(0, 3, 64, 64), "empty batch"),
+    ],
+)
+def test_forward_checks_what_the_shapes_tell(x: object, match: str) -> None:
+    with pytest.raises(RMInputError, match=match):
+        RewardModel(TINY)(x)
+
+
+def test_forward_leaves_the_values_to_the_scorer() -> None:
+    """The value checks need the host, so the tensor forward pass skips them."""
+    model = RewardModel(TINY).eval()
+    x = torch.full((1, 3, 64, 64), 255.0)
+    assert model(x).score.shape == (1,)
+    with pytest.raises(RMInputError, match="range"):
+        score_images(model, x)
 
 
 def test_other_float_dtypes_are_accepted() -> None:
@@ -275,10 +300,10 @@ def test_pyiqa_style_attributes_and_paths(tmp_path: Path) -> None:
         p = tmp_path / f"im{i}.png"
         save_png(p, imgs[i].permute(1, 2, 0).numpy())
         paths.append(p)
-    from_files = model(paths)
+    from_files = Scorer(model)(paths)
     from_tensor = model(torch.from_numpy(np.stack([np.asarray(_load(p)) for p in paths])).permute(0, 3, 1, 2))
     torch.testing.assert_close(from_files.score, from_tensor.score)
-    assert model(str(paths[0])).score.shape == (1,)
+    assert Scorer(model)(str(paths[0])).score.shape == (1,)
     metric = model.as_metric()
     torch.testing.assert_close(metric(paths), from_files.score)
     assert metric.lower_better is False
@@ -287,7 +312,7 @@ def test_pyiqa_style_attributes_and_paths(tmp_path: Path) -> None:
     other = tmp_path / "big.png"
     save_png(other, _x(1, 64, 64)[0].permute(1, 2, 0).numpy())
     with pytest.raises(RMInputError, match="different sizes"):
-        model([paths[0], other])
+        Scorer(model)([paths[0], other])
 
 
 def _load(p: Path) -> np.ndarray:
@@ -353,31 +378,101 @@ def test_flips_tta_makes_the_model_flip_invariant_and_stays_differentiable() -> 
     with torch.no_grad():
         plain, mirrored = model(x), model(x.flip(-1))
         assert not torch.allclose(plain.score, mirrored.score, atol=1e-4)
-        model.set_tta("hflip")
-        h = model(x)
+        h = Scorer(model, "hflip")(x)
         torch.testing.assert_close(h.map, (plain.map + mirrored.map.flip(-1)) / 2)
-        model.set_tta("flips")
+        flips = Scorer(model, "flips")
         for dims in ((-1,), (-2,), (-2, -1)):
-            a, b = model(x), model(x.flip(dims))
+            a, b = flips(x), flips(x.flip(dims))
             torch.testing.assert_close(b.score, a.score, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(b.map, a.map.flip(dims), rtol=1e-5, atol=1e-6)
     xg = x.clone().requires_grad_(True)
-    model(xg).score.sum().backward()
+    flips(xg).score.sum().backward()
     assert xg.grad is not None and xg.grad.abs().sum() > 0
     with pytest.raises(FinPercepError, match="tta must be one of none, hflip, flips"):
-        model.set_tta("rot90")
+        Scorer(model, "rot90")
 
 
-def test_tta_is_an_inference_option_of_from_pretrained(tmp_path: Path) -> None:
+def test_tta_is_an_inference_option_of_the_scorer(tmp_path: Path) -> None:
     from finpercep.cli import TTA_CHOICES
-    from finpercep.rm.model import TTA_FLIPS
+    from finpercep.rm.score import TTA_FLIPS
 
     assert tuple(TTA_FLIPS) == TTA_CHOICES
     RewardModel(TINY).save_pretrained(tmp_path / "m")
-    assert RewardModel.from_pretrained(tmp_path / "m").tta == "none"
-    loaded = RewardModel.from_pretrained(tmp_path / "m", tta="flips")
-    assert loaded.tta == "flips"
-    loaded.save_pretrained(tmp_path / "again")
-    assert RewardModel.from_pretrained(tmp_path / "again").tta == "none"  # not saved with the weights
+    assert Scorer.from_pretrained(tmp_path / "m").tta == "none"
+    loaded = Scorer.from_pretrained(tmp_path / "m", tta="flips")
+    assert loaded.tta == "flips" and loaded.stage == 3
+    loaded.model.save_pretrained(tmp_path / "again")
+    assert Scorer.from_pretrained(tmp_path / "again").tta == "none"  # not saved with the weights
     with pytest.raises(FinPercepError, match="tta must be one of"):
-        RewardModel.from_pretrained(tmp_path / "m", tta="yes")
+        Scorer.from_pretrained(tmp_path / "m", tta="yes")
+    old_style = RewardModel.from_pretrained(tmp_path / "m", tta="hflip")  # deprecated: a Scorer
+    assert isinstance(old_style, Scorer) and old_style.tta == "hflip"
+
+
+# Outputs of the implementation before forward() became tensor-only (set_tta, paths into forward), for
+# _golden_model() on _golden_images(): score, map mean, map[:, 0, 5, 7] per image.
+OLD_OUTPUTS = {
+    "paths": ([0.231236, 0.261499], [0.459752, 0.459119], [0.46069, 0.478125]),  # rm([png, png])
+    "none": ([0.231238, 0.26136], [0.459739, 0.459121], [0.460854, 0.47811]),  # rm(x)
+    "hflip": ([0.244008, 0.250225], [0.459247, 0.463891], [0.457254, 0.460311]),  # set_tta("hflip"); rm(x)
+    "flips": ([0.242385, 0.255209], [0.460408, 0.460941], [0.456271, 0.46986]),  # set_tta("flips"); rm(x)
+}
+
+
+def _golden_model() -> RewardModel:
+    model = RewardModel(TINY).eval()
+    _perturb(model, seed=3)
+    with torch.no_grad():
+        model.gate.fill_(1.0)
+    return model
+
+
+def _golden_images(tmp_path: Path) -> tuple[torch.Tensor, list[Path]]:
+    x = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(23))
+    paths = [tmp_path / f"im{i}.png" for i in range(2)]
+    for p, im in zip(paths, x, strict=True):
+        save_png(p, im.permute(1, 2, 0).numpy())
+    return x, paths
+
+
+def _assert_old(out: RMOutput, key: str) -> None:
+    score, map_mean, pixel = OLD_OUTPUTS[key]
+    kw = {"rtol": 0, "atol": 2e-6}
+    torch.testing.assert_close(out.score, torch.tensor(score), **kw)
+    torch.testing.assert_close(out.map.mean(dim=(1, 2, 3)), torch.tensor(map_mean), **kw)
+    torch.testing.assert_close(out.map[:, 0, 5, 7], torch.tensor(pixel), **kw)
+
+
+def test_tensor_forward_and_scorer_give_the_old_outputs(tmp_path: Path) -> None:
+    """forward() on the loaded images equals the old forward on their paths; the scorer's TTA equals the
+    old set_tta; the tensor forward of x is the old one."""
+    model = _golden_model()
+    x, paths = _golden_images(tmp_path)
+    loaded = torch.from_numpy(np.stack([_load(p) for p in paths])).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        _assert_old(model(loaded), "paths")
+        _assert_old(Scorer(model)(paths), "paths")
+        _assert_old(model(x), "none")
+        for tta in ("none", "hflip", "flips"):
+            _assert_old(Scorer(model, tta)(x), tta)
+            _assert_old(score_images(model, x, tta), tta)
+
+
+def test_forward_compiles_as_one_graph() -> None:
+    """No host syncs or graph breaks in the forward pass (a cheap backend: tracing is what is tested)."""
+    dynamo = pytest.importorskip("torch._dynamo", reason="torch.compile is unavailable")
+    if not hasattr(torch, "compile") or not dynamo.is_dynamo_supported():
+        pytest.skip("torch.compile is unavailable on this Python / platform")
+    model = RewardModel(replace(TINY, decoder_widths=(8, 16, 16), decoder_block="light")).eval()
+    _perturb(model, seed=5)
+    model.requires_grad_(False)
+    x = _x(1, 128, 128)  # large enough for the CPU stencil kernels, which compiled code leaves out
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    xc, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out, ref = compiled(xc), model(xe)
+    assert isinstance(out, RMOutput)
+    torch.testing.assert_close(out.score, ref.score, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.map, ref.map, rtol=1e-5, atol=1e-6)
+    out.score.sum().backward()
+    ref.score.sum().backward()
+    torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-4, atol=1e-7)

@@ -133,3 +133,16 @@ def test_score_cli_with_flips_tta_scores_an_image_and_its_mirror_alike(
         scores[tta] = {Path(r["path"]).name: r["score"] for r in rows}
     assert scores["none"]["a.png"] != pytest.approx(scores["none"]["b.png"], abs=1e-5)
     assert scores["flips"]["a.png"] == pytest.approx(scores["flips"]["b.png"], abs=1e-5)
+
+
+def test_tiled_scoring_averages_each_tile_over_the_flips() -> None:
+    from finpercep.rm.score import Scorer
+
+    model = RewardModel(TINY).eval()
+    x = torch.rand(1, 3, 64, 48, generator=torch.Generator().manual_seed(1))
+    s, m = score_tiled(model, x, tile=64, overlap=16, tta="flips")
+    with torch.no_grad():
+        ref, plain = Scorer(model, "flips")(x), model(x)
+    torch.testing.assert_close(s, ref.score)
+    torch.testing.assert_close(m, ref.map)
+    assert not torch.allclose(m, plain.map)

@@ -10,7 +10,6 @@ reward, so a reward used with ``algorithm="refl"`` must be differentiable in ``s
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import FinPercepError
-from ..rm.model import CONFIG_NAME, RewardModel, default_checkpoint_dir, resolve_checkpoint, stage_dirs
+from ..rm.model import RewardModel
+from ..rm.stages import CONFIG_NAME, stage_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -156,23 +156,12 @@ def parse_weighted_spec(spec: str, device: str | torch.device = "cpu") -> tuple[
     return w, load_reward(rest, device)
 
 
-def rm_stage_dirs(path: str | Path | None) -> dict[int, Path]:
-    """``{k: folder of RM_k}`` of an RM training folder (``stage_<k>`` sub-folders) or of one model folder;
-    ``None``: every stage of the packaged default."""
-    p = Path(path) if path is not None else default_checkpoint_dir()
-    if path is not None and not p.exists():
-        raise FinPercepError(f"reward model not found: {p}")
-    stages = stage_dirs(p) if p.is_dir() else {}
-    if stages:
-        return stages
-    directory = resolve_checkpoint(path, None)
-    if not (directory / CONFIG_NAME).is_file():
-        raise FinPercepError(f"{directory}: no reward model ({CONFIG_NAME}) found")
-    return {int(json.loads((directory / CONFIG_NAME).read_text())["stage"]): directory}
-
-
 class StagedRMRewards:
-    """RM_0 ... RM_N of one training folder as stage rewards, loaded on demand (one in memory at a time)."""
+    """RM_0 ... RM_N of one training folder as stage rewards, loaded on demand (one in memory at a time).
+
+    ``path``: an RM training or export folder (``stage_<k>`` sub-folders), one model folder, or ``None``:
+    every stage of the packaged default (:func:`~finpercep.rm.stages.stage_dirs`).
+    """
 
     def __init__(
         self,
@@ -181,7 +170,9 @@ class StagedRMRewards:
         device: str | torch.device = "cpu",
         wrap: Callable[[RewardFn], RewardFn] | None = None,
     ) -> None:
-        self.dirs = rm_stage_dirs(path)
+        self.dirs = stage_dirs(path)
+        if not self.dirs:
+            raise FinPercepError(f"{path}: no reward model ({CONFIG_NAME} or stage_<k> folders with one)")
         self.map_penalty = map_penalty
         self.device = device
         self.wrap = wrap

@@ -1,13 +1,26 @@
 """FinPercep-RM: the fine-grained perceptual reward model (score + degradation map), its losses,
-metrics, staged training (:func:`finpercep.rm.train.train`) and scoring API (:func:`score_paths`)."""
+metrics, staged training (:func:`finpercep.rm.train.train`) and scoring API (:class:`Scorer`,
+:func:`score_paths`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .model import RewardModel, RMConfig, RMInputError, RMMetric, RMOutput
+from .model import RewardModel, RMConfig, RMInputError, RMOutput
 
-__all__ = ["RMConfig", "RMInputError", "RMMetric", "RMOutput", "RMTrainConfig", "RewardModel", "score_paths"]
+__all__ = [
+    "RMConfig",
+    "RMInputError",
+    "RMMetric",
+    "RMOutput",
+    "RMTrainConfig",
+    "RewardModel",
+    "Scorer",
+    "score_images",
+    "score_paths",
+]
+
+_SCORE = ("RMMetric", "Scorer", "score_images", "score_paths")
 
 
 def __getattr__(name: str) -> Any:
@@ -16,8 +29,8 @@ def __getattr__(name: str) -> Any:
         from .train_config import RMTrainConfig
 
         return RMTrainConfig
-    if name == "score_paths":
-        from .score import score_paths
+    if name in _SCORE:
+        from . import score
 
-        return score_paths
+        return getattr(score, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,8 @@ to the input. So:
   convolution, whose weight gradient is faster.
 
 ``python benchmarks/bench_decoder.py --mode ops`` times each against the PyTorch op, with and without the
-backward pass.
+backward pass. Under ``torch.compile`` the upsampling and the depthwise 3x3 stay the PyTorch ops, which the
+compiler fuses itself (the stencils write through ``out=``, which it cannot trace).
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     h, w = x.shape[-2:]
     sh, sw = size[0] // h, size[1] // w
     exact = (sh * h, sw * w) == tuple(size) and sh * sw > 1
-    if exact and x.device.type == "cpu" and x[0].numel() * sh * sw >= UPSAMPLE_MIN_OUTPUT:
+    eager_cpu = x.device.type == "cpu" and not torch.compiler.is_compiling()
+    if exact and eager_cpu and x[0].numel() * sh * sw >= UPSAMPLE_MIN_OUTPUT:
         return upsample_integer(x, sh, sw)  # the threshold is per image: batch-independent
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
@@ -160,7 +162,8 @@ class DepthwiseConv3x3(nn.Conv2d):
         weights_need_grad = torch.is_grad_enabled() and (
             self.weight.requires_grad or (bias is not None and bias.requires_grad)
         )
-        if not self.use_shifts or x.device.type != "cpu" or weights_need_grad:
+        eager_cpu = x.device.type == "cpu" and not torch.compiler.is_compiling()
+        if not self.use_shifts or not eager_cpu or weights_need_grad:
             return super().forward(x)
         return _DepthwiseShifts.apply(x, self.weight[:, 0], bias)
 

@@ -25,6 +25,9 @@ Stages (what RM_k contains, see :meth:`RewardModel.grow`):
   the finer resolution.
 * ``RM_N`` is the full model. Growing never re-initialises existing parameters.
 
+``rm(x)`` is tensor-only and traceable (no host syncs, ``torch.compile(fullgraph=True)`` captures it
+whole); :mod:`finpercep.rm.score` adds the value checks, image paths and test-time augmentation.
+
 The residual body of each block is two 3x3 convs (``decoder_block="res"``) or a depthwise 3x3 and a 1x1
 (``"light"``, :class:`LightBlock`), which roughly halves the decoder's run time on the small CNN.
 
@@ -42,26 +45,30 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import check, from_dict, option, to_dict
 from ..errors import FinPercepError
-from ..io import atomic_path, atomic_write_json, load_image
+from ..io import atomic_path, atomic_write_json
 from .encoders import ENCODERS, Encoder, ResBlock, build_encoder, norm_layer
 from .kernels import DepthwiseConv3x3, PointwiseConv2d, resize_bilinear
+from .stages import CONFIG_NAME as CONFIG_NAME
+from .stages import default_checkpoint_dir as default_checkpoint_dir
+from .stages import resolve_checkpoint as resolve_checkpoint
+from .stages import stage_dirs as stage_dirs
+
+if TYPE_CHECKING:
+    from .score import RMMetric, Scorer
 
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "finpercep-rm"
 FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MIN_SIZE = 32
 
@@ -69,21 +76,6 @@ POOL_EPS = 0.05
 """Uniform floor of the normalized pool's weights: an all-dark map pools to mean(f_N), not to zero."""
 
 EncoderName = Literal["small_cnn", "clip_rn50", "clip_vit", "dinov2", "dinov3", "timm"]
-
-TTAMode = Literal["none", "hflip", "flips"]
-TTA_FLIPS: dict[str, tuple[tuple[int, ...], ...]] = {
-    "none": ((),),
-    "hflip": ((), (-1,)),
-    "flips": ((), (-1,), (-2,), (-2, -1)),
-}
-"""Test-time augmentation: the flips (tensor dims) a forward pass averages over. ``flips`` is the group of
-horizontal and vertical flips, so its outputs are flip-invariant (score) and flip-equivariant (map)."""
-
-
-def check_tta(mode: str) -> TTAMode:
-    if mode not in TTA_FLIPS:
-        raise FinPercepError(f"tta must be one of {', '.join(TTA_FLIPS)}, got {mode!r}")
-    return mode  # type: ignore[return-value]
 
 
 class RMInputError(FinPercepError, ValueError):
@@ -202,11 +194,13 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def check_image_batch(x: Any) -> torch.Tensor:
-    """Validate a reward-model input: float tensor [B, 3, H, W], H, W >= 32, finite, in [0, 1]."""
+def check_image_shape(x: Any) -> torch.Tensor:
+    """Check what a reward-model input's metadata can tell: a float tensor [B, 3, H, W], B >= 1,
+    H, W >= 32. No host sync; :func:`~finpercep.rm.score.check_image_batch` also checks the values."""
     if not isinstance(x, torch.Tensor):
         raise RMInputError(
-            f"expected a torch.Tensor [B, 3, H, W] in [0, 1] or image paths, got {type(x).__name__}"
+            f"expected a torch.Tensor [B, 3, H, W] in [0, 1] (or image paths, through "
+            f"finpercep.rm.score.Scorer), got {type(x).__name__}"
         )
     if not x.is_floating_point():
         hint = " (for 8-bit images use x.float() / 255)" if x.dtype == torch.uint8 else ""
@@ -225,14 +219,6 @@ def check_image_batch(x: Any) -> torch.Tensor:
         raise RMInputError("empty batch")
     if h < MIN_SIZE or w < MIN_SIZE:
         raise RMInputError(f"images must be at least {MIN_SIZE}x{MIN_SIZE}, got {h}x{w}")
-    with torch.no_grad():
-        lo, hi = torch.aminmax(x.detach())
-        lo_f, hi_f = float(lo), float(hi)
-    if not (torch.isfinite(lo) and torch.isfinite(hi)):
-        raise RMInputError("input contains NaN or infinite values")
-    if lo_f < -1e-3 or hi_f > 1 + 1e-3:
-        hint = " (was it normalised to [-1, 1] or left in [0, 255]?)" if lo_f < -0.5 or hi_f > 2 else ""
-        raise RMInputError(f"expected values in [0, 1], got range [{lo_f:.4g}, {hi_f:.4g}]{hint}")
     return x
 
 
@@ -286,8 +272,9 @@ def default_decoder_widths(n: int) -> tuple[int, ...]:
 class RewardModel(nn.Module):
     """FinPercep-RM at stage k (RM_k). ``rm(x) -> RMOutput(score=[B], map=[B, 1, H, W])``.
 
-    Also usable like a pyiqa metric: ``lower_better``, ``score_range``, ``metric_mode`` and file paths
-    accepted as input; :meth:`as_metric` returns a module that returns scores only.
+    ``x`` is a float tensor; :class:`~finpercep.rm.score.Scorer` takes image paths and adds test-time
+    augmentation. pyiqa-style attributes: ``lower_better``, ``score_range``, ``metric_mode``;
+    :meth:`as_metric` returns a module that returns scores only.
     """
 
     lower_better = False
@@ -318,7 +305,6 @@ class RewardModel(nn.Module):
         self.config = dataclasses.replace(config, stage=0)
         for _ in range(target):
             self.grow()
-        self.tta: TTAMode = "none"
 
     # ------------------------------------------------------------------ structure
 
@@ -372,12 +358,6 @@ class RewardModel(nn.Module):
             raise FinPercepError(f"gate must be in [0, 1], got {value}")
         self.gate.fill_(value)
 
-    def set_tta(self, mode: str) -> None:
-        """Test-time augmentation of every later forward pass (an inference option, not saved with the
-        weights): ``none``; ``hflip`` (2 passes) or ``flips`` (4 passes: horizontal, vertical, both) average
-        the pooled vector before the score head and the map after flipping it back. Differentiable."""
-        self.tta = check_tta(mode)
-
     def new_parameter_names(self) -> list[str]:
         """Names of the parameters the last :meth:`grow` added (those of decoder block k)."""
         k = self.stage
@@ -423,39 +403,24 @@ class RewardModel(nn.Module):
             weighted = (f_top * mod).mean(dim=(2, 3))
         return torch.cat([weighted, area], dim=1)
 
-    def forward(self, x: torch.Tensor | str | Path | Sequence[str | Path]) -> RMOutput:
-        """Score and map ``x``: a float tensor [B, 3, H, W] in [0, 1] (H, W >= 32) or image path(s)."""
-        x = self._as_batch(x)
+    def forward(self, x: torch.Tensor) -> RMOutput:
+        """Score and map ``x``, a float tensor [B, 3, H, W] in [0, 1] (H, W >= 32), on the model's device
+        and dtype. Checks shapes only: no host syncs and no branches on values, so it traces whole
+        (``torch.compile(model, fullgraph=True)``); :class:`~finpercep.rm.score.Scorer` checks the values,
+        loads image paths and adds test-time augmentation."""
         ref = next(self.score_head.parameters())
-        x = check_image_batch(x).to(device=ref.device, dtype=ref.dtype)
+        x = check_image_shape(x).to(device=ref.device, dtype=ref.dtype)
         pooled, m, logits = self.forward_parts(x, every_block=self.training)
         return RMOutput(score=self.score_head(pooled), map=m, map_logits=logits)
 
     def forward_parts(
         self, x: torch.Tensor, *, every_block: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
-        """(pooled [B, C_N + 1], map [B, 1, H, W], cumulative logits) of a validated batch.
+        """(pooled [B, C_N + 1], map [B, 1, H, W], cumulative logits) of a checked batch.
 
-        ``score = score_head(pooled)``; tiled scoring averages ``pooled`` over tiles before the head. With
-        test-time augmentation (:meth:`set_tta`) the flipped copies run as one batch and are averaged.
+        ``score = score_head(pooled)``; tiled scoring and test-time augmentation average ``pooled`` over
+        tiles or flips before the head.
         """
-        flips = TTA_FLIPS[self.tta]
-        if len(flips) == 1:
-            return self._forward_parts(x, every_block)
-        n, b = len(flips), x.shape[0]
-        pooled, m, logits = self._forward_parts(
-            torch.cat([x.flip(d) if d else x for d in flips]), every_block
-        )
-
-        def unflip_mean(t: torch.Tensor) -> torch.Tensor:
-            parts = t.split(b)
-            return torch.stack([p.flip(d) if d else p for p, d in zip(parts, flips, strict=True)]).mean(0)
-
-        return pooled.view(n, b, -1).mean(0), unflip_mean(m), tuple(unflip_mean(z) for z in logits)
-
-    def _forward_parts(
-        self, x: torch.Tensor, every_block: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
         feats = self.encoder(x)
         logits = self.map_logits(feats, (x.shape[-2], x.shape[-1]), every_block=every_block)
         m = torch.sigmoid(logits[-1]) if logits else None
@@ -464,26 +429,10 @@ class RewardModel(nn.Module):
             m = torch.ones_like(x[:, :1])
         return pooled, m, logits
 
-    def _as_batch(self, x: Any) -> Any:
-        if isinstance(x, str | Path):
-            x = [x]
-        if isinstance(x, list | tuple) and x and all(isinstance(p, str | Path) for p in x):
-            imgs = [load_image(p, min_size=MIN_SIZE) for p in x]
-            shapes = {im.shape for im in imgs}
-            if len(shapes) > 1:
-                raise RMInputError(
-                    f"images of different sizes {sorted(shapes)} cannot form one batch; "
-                    "pass them one at a time or use finpercep.rm.score_paths"
-                )
-            return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
-        return x
-
-    def score(self, x: torch.Tensor | str | Path | Sequence[str | Path]) -> torch.Tensor:
-        """Scores only ([B]), as a pyiqa metric returns them."""
-        return self(x).score
-
     def as_metric(self, as_loss: bool = False, loss_weight: float = 1.0) -> RMMetric:
         """A pyiqa-style module: ``metric(x)`` returns scores [B] (as a loss: ``-weight * mean(score)``)."""
+        from .score import RMMetric
+
         return RMMetric(self, as_loss=as_loss, loss_weight=loss_weight)
 
     # ------------------------------------------------------------------ persistence
@@ -527,23 +476,22 @@ class RewardModel(nn.Module):
         stage: int | None = None,
         *,
         device: str | torch.device = "cpu",
-        tta: str = "none",
+        tta: str | None = None,
     ) -> RewardModel:
-        """Load a saved reward model. ``path=None``: the packaged default checkpoint.
+        """Load a saved reward model (in eval mode). ``path=None``: the packaged default checkpoint.
 
         ``path`` is a model folder (``config.json`` + ``model.safetensors``) or a training/run folder
         with ``stage_<k>`` sub-folders; ``stage`` picks RM_k (default: the highest stage present).
-        ``tta``: test-time augmentation (:meth:`set_tta`).
+        ``tta`` (deprecated, for callers from before :class:`~finpercep.rm.score.Scorer`): given, the
+        model comes back wrapped in ``Scorer(model, tta)``.
         """
-        check_tta(tta)
         directory = resolve_checkpoint(path, stage)
         meta = json.loads((directory / CONFIG_NAME).read_text())
         if meta.get("format") != FORMAT_NAME:
             raise FinPercepError(
                 f"{directory}: not a FinPercep reward model (config.json format={meta.get('format')!r})"
             )
-        cfg = saved_rm_config(meta["rm_config"])
-        model = cls(cfg, encoder_extra=meta.get("encoder_extra") or {})
+        model = cls(saved_rm_config(meta["rm_config"]), encoder_extra=meta.get("encoder_extra") or {})
         from safetensors.torch import load_file
 
         state = load_file(str(directory / WEIGHTS_NAME))
@@ -556,75 +504,11 @@ class RewardModel(nn.Module):
                 f"{directory}: weights do not match the config "
                 f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
             )
-        model.eval()
-        model.set_tta(tta)
-        return model.to(device)
+        model = model.eval().to(device)
+        return model if tta is None else _scorer(model, tta)  # type: ignore[return-value]
 
 
-class RMMetric(nn.Module):
-    """pyiqa-style wrapper: ``metric(x)`` -> scores [B]; ``as_loss=True``: ``-loss_weight * mean(score)``."""
+def _scorer(model: RewardModel, tta: str) -> Scorer:
+    from .score import Scorer
 
-    metric_mode = "NR"
-
-    def __init__(self, model: RewardModel, as_loss: bool = False, loss_weight: float = 1.0) -> None:
-        super().__init__()
-        self.model = model
-        self.as_loss = as_loss
-        self.loss_weight = loss_weight
-        self.lower_better = model.lower_better
-
-    @property
-    def score_range(self) -> str:
-        return self.model.score_range
-
-    def forward(self, x: torch.Tensor | str | Path | Sequence[str | Path]) -> torch.Tensor:
-        s = self.model(x).score
-        return -self.loss_weight * s.mean() if self.as_loss else s
-
-
-def default_checkpoint_dir() -> Path:
-    """Where the packaged default checkpoint lives (``finpercep/assets/rm_default``)."""
-    return Path(str(resources.files("finpercep"))) / "assets" / "rm_default"
-
-
-def stage_dirs(directory: Path) -> dict[int, Path]:
-    """``{k: directory/stage_k}`` for every saved stage below ``directory``."""
-    out = {}
-    for p in directory.glob("stage_*"):
-        suffix = p.name[len("stage_") :]
-        if suffix.isdigit() and (p / CONFIG_NAME).is_file():
-            out[int(suffix)] = p
-    return dict(sorted(out.items()))
-
-
-def resolve_checkpoint(path: str | Path | None, stage: int | None) -> Path:
-    """The model folder for ``path``/``stage`` (see :meth:`RewardModel.from_pretrained`)."""
-    if path is None:
-        directory = default_checkpoint_dir()
-        if not directory.exists():
-            raise FinPercepError(
-                f"no packaged default reward model at {directory}; train one with "
-                "`finpercep rm train --data DIR --out DIR` and pass its folder as the checkpoint"
-            )
-    else:
-        directory = Path(path)
-        if directory.is_file():
-            directory = directory.parent
-        if not directory.exists():
-            raise FinPercepError(f"reward model checkpoint not found: {directory}")
-    if (directory / CONFIG_NAME).is_file():
-        meta = json.loads((directory / CONFIG_NAME).read_text())
-        if stage is not None and meta.get("stage") != stage:
-            stages = stage_dirs(directory.parent)
-            if stage in stages:
-                return stages[stage]
-            raise FinPercepError(f"{directory} holds RM_{meta.get('stage')}, not RM_{stage}")
-        return directory
-    stages = stage_dirs(directory)
-    if not stages:
-        raise FinPercepError(f"{directory}: no {CONFIG_NAME} and no stage_<k> folders with one")
-    if stage is None:
-        return stages[max(stages)]
-    if stage not in stages:
-        raise FinPercepError(f"{directory}: no RM_{stage}; available stages: {sorted(stages)}")
-    return stages[stage]
+    return Scorer(model, tta)

@@ -1,6 +1,11 @@
-"""Score image files with a reward model: JSONL scores, heatmap overlays and one HTML page.
+"""Scoring with a reward model: checked inputs, image paths, test-time augmentation, image files.
 
-``finpercep score PATH... --out DIR [--checkpoint C] [--stage K]`` calls :func:`score_paths`.
+:func:`score_images` (and :class:`Scorer`, the same as a module) is the inference entry: it checks the
+values the model's own forward pass leaves alone (that needs the host), loads image paths, and averages
+over flips when asked (``tta``). :class:`RMMetric` is its pyiqa-style view (scores only).
+
+``finpercep score PATH... --out DIR [--checkpoint C] [--stage K]`` calls :func:`score_paths`: JSONL
+scores, heatmap overlays and one HTML page.
 
 Images up to ``tile`` pixels on each side are batched by size. Larger images are tiled with overlap:
 the map is blended from the tiles with linear ramps, and the score is the score head applied to the
@@ -16,18 +21,147 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from tqdm import tqdm
 
 from ..errors import FinPercepError, ImageError
 from ..io import atomic_write_text, list_images, load_image, save_png, to_uint8
-from .model import MIN_SIZE, RewardModel
+from .model import MIN_SIZE, RewardModel, RMInputError, RMOutput, check_image_shape
 
 logger = logging.getLogger(__name__)
+
+Images = torch.Tensor | str | Path | Sequence[str | Path]
+TTAMode = Literal["none", "hflip", "flips"]
+TTA_FLIPS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "none": ((),),
+    "hflip": ((), (-1,)),
+    "flips": ((), (-1,), (-2,), (-2, -1)),
+}
+"""Test-time augmentation: the flips (tensor dims) a pass averages over. ``flips`` is the group of
+horizontal and vertical flips, so its outputs are flip-invariant (score) and flip-equivariant (map)."""
+
+
+def check_tta(mode: str) -> TTAMode:
+    if mode not in TTA_FLIPS:
+        raise FinPercepError(f"tta must be one of {', '.join(TTA_FLIPS)}, got {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+def check_image_batch(x: Any) -> torch.Tensor:
+    """Validate a reward-model input: float tensor [B, 3, H, W], H, W >= 32, finite, in [0, 1] (the
+    value checks wait for the device)."""
+    check_image_shape(x)
+    with torch.no_grad():
+        lo, hi = torch.aminmax(x.detach())
+        lo_f, hi_f = float(lo), float(hi)
+    if not (torch.isfinite(lo) and torch.isfinite(hi)):
+        raise RMInputError("input contains NaN or infinite values")
+    if lo_f < -1e-3 or hi_f > 1 + 1e-3:
+        hint = " (was it normalised to [-1, 1] or left in [0, 255]?)" if lo_f < -0.5 or hi_f > 2 else ""
+        raise RMInputError(f"expected values in [0, 1], got range [{lo_f:.4g}, {hi_f:.4g}]{hint}")
+    return x
+
+
+def load_batch(x: Images) -> Any:
+    """Image path(s) of one size as a batch [B, 3, H, W] in [0, 1]; anything else as it is."""
+    if isinstance(x, str | Path):
+        x = [x]
+    if isinstance(x, list | tuple) and x and all(isinstance(p, str | Path) for p in x):
+        imgs = [load_image(p, min_size=MIN_SIZE) for p in x]
+        shapes = {im.shape for im in imgs}
+        if len(shapes) > 1:
+            raise RMInputError(
+                f"images of different sizes {sorted(shapes)} cannot form one batch; "
+                "pass them one at a time or use finpercep.rm.score_paths"
+            )
+        return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+    return x
+
+
+def tta_parts(
+    model: RewardModel, x: torch.Tensor, tta: str = "none", *, every_block: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """:meth:`RewardModel.forward_parts` averaged over the flips of ``tta``: the flipped copies run as one
+    batch; the pooled vectors are averaged before the score head, the maps after flipping them back."""
+    flips = TTA_FLIPS[check_tta(tta)]
+    if len(flips) == 1:
+        return model.forward_parts(x, every_block=every_block)
+    n, b = len(flips), x.shape[0]
+    pooled, m, logits = model.forward_parts(
+        torch.cat([x.flip(d) if d else x for d in flips]), every_block=every_block
+    )
+
+    def unflip_mean(t: torch.Tensor) -> torch.Tensor:
+        parts = t.split(b)
+        return torch.stack([p.flip(d) if d else p for p, d in zip(parts, flips, strict=True)]).mean(0)
+
+    return pooled.view(n, b, -1).mean(0), unflip_mean(m), tuple(unflip_mean(z) for z in logits)
+
+
+def score_images(model: RewardModel, images: Images, tta: str = "none") -> RMOutput:
+    """``model(images)`` for checked tensors or image paths, averaged over the flips of ``tta`` (``none``;
+    ``hflip``: 2 passes; ``flips``: 4 passes, horizontal, vertical, both). Differentiable."""
+    ref = next(model.score_head.parameters())
+    x = check_image_batch(load_batch(images)).to(device=ref.device, dtype=ref.dtype)
+    pooled, m, logits = tta_parts(model, x, tta, every_block=model.training)
+    return RMOutput(score=model.score_head(pooled), map=m, map_logits=logits)
+
+
+class Scorer(nn.Module):
+    """:func:`score_images` as a module: ``Scorer(model, tta)(images) -> RMOutput``. Test-time augmentation
+    is an inference option of the scorer, not saved with the model's weights."""
+
+    def __init__(self, model: RewardModel, tta: str = "none") -> None:
+        super().__init__()
+        self.model = model
+        self.tta: TTAMode = check_tta(tta)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path | None = None,
+        stage: int | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        tta: str = "none",
+    ) -> Scorer:
+        """:meth:`RewardModel.from_pretrained` wrapped with test-time augmentation ``tta``."""
+        check_tta(tta)
+        return cls(RewardModel.from_pretrained(path, stage, device=device), tta)
+
+    @property
+    def stage(self) -> int:
+        return self.model.stage
+
+    def forward(self, images: Images) -> RMOutput:
+        return score_images(self.model, images, self.tta)
+
+
+class RMMetric(nn.Module):
+    """pyiqa-style wrapper: ``metric(x)`` -> scores [B] of tensors or image paths; ``as_loss=True``:
+    ``-loss_weight * mean(score)``."""
+
+    metric_mode = "NR"
+
+    def __init__(self, model: RewardModel, as_loss: bool = False, loss_weight: float = 1.0) -> None:
+        super().__init__()
+        self.model = model
+        self.as_loss = as_loss
+        self.loss_weight = loss_weight
+        self.lower_better = model.lower_better
+
+    @property
+    def score_range(self) -> str:
+        return self.model.score_range
+
+    def forward(self, images: Images) -> torch.Tensor:
+        s = score_images(self.model, images).score
+        return -self.loss_weight * s.mean() if self.as_loss else s
 
 
 def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
@@ -67,9 +201,10 @@ def _ramp(n: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
 
 @torch.no_grad()
 def score_tiled(
-    model: RewardModel, x: torch.Tensor, tile: int = 512, overlap: int = 64
+    model: RewardModel, x: torch.Tensor, tile: int = 512, overlap: int = 64, *, tta: str = "none"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(score [1], map [1,1,H,W]) of one large image ``x`` [1,3,H,W] from overlapping tiles."""
+    """(score [1], map [1,1,H,W]) of one large image ``x`` [1,3,H,W] from overlapping tiles, each averaged
+    over the flips of ``tta``."""
     _, _, h, w = x.shape
     tile_h, tile_w = min(tile, h), min(tile, w)
     acc = torch.zeros(1, 1, h, w, device=x.device)
@@ -80,7 +215,7 @@ def score_tiled(
     for y in ys:
         for x0 in xs:
             t = x[:, :, y : y + tile_h, x0 : x0 + tile_w]
-            pooled, m, _ = model.forward_parts(t)
+            pooled, m, _ = tta_parts(model, t, tta)
             wy = _ramp(tile_h, overlap, y == 0, y == ys[-1]).to(x.device)
             wx = _ramp(tile_w, overlap, x0 == 0, x0 == xs[-1]).to(x.device)
             wt = (wy[:, None] * wx[None, :])[None, None]
@@ -175,14 +310,14 @@ def score_paths(
     ``index.html``.
 
     Returns the JSONL path. Unreadable images are reported in the JSONL (``error``) and skipped. ``tta``:
-    test-time augmentation (:meth:`RewardModel.set_tta`).
+    test-time augmentation (:func:`score_images`).
     """
     if batch_size < 1 or tile < MIN_SIZE or not 0 <= overlap < tile:
         raise FinPercepError(f"need batch_size >= 1, tile >= {MIN_SIZE} and 0 <= overlap < tile")
     out = Path(out_dir)
     files = expand_paths(paths)
-    model = RewardModel.from_pretrained(checkpoint, stage, device=device, tta=tta)
-    model.eval()
+    check_tta(tta)
+    model = RewardModel.from_pretrained(checkpoint, stage, device=device)
     out.mkdir(parents=True, exist_ok=True)
     save_png(out / "colorbar.png", heat_colors(np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32), (8, 1))))
     rows: list[dict[str, Any] | None] = [None] * len(files)
@@ -203,7 +338,7 @@ def score_paths(
             "width": int(img.shape[1]),
             "tiles": tiles,
             "stage": model.stage,
-            "tta": model.tta,
+            "tta": tta,
             "thumbnail": f"thumbs/{name}.png",
             "overlay": f"overlays/{name}.png",
             "map": f"maps/{name}.png",
@@ -212,7 +347,7 @@ def score_paths(
     def run_batch(items: list[tuple[int, np.ndarray]]) -> None:
         x = torch.from_numpy(np.stack([im for _, im in items])).permute(0, 3, 1, 2).to(device)
         with torch.no_grad():
-            res = model(x)
+            res = score_images(model, x, tta)
         for j, (i, im) in enumerate(items):
             finish(i, im, float(res.score[j]), res.map[j, 0].float().cpu().numpy(), 1)
 
@@ -228,7 +363,7 @@ def score_paths(
         h, w = img.shape[:2]
         if h > tile or w > tile:
             x = torch.from_numpy(img).permute(2, 0, 1)[None].to(device)
-            s, m = score_tiled(model, x, tile, overlap)
+            s, m = score_tiled(model, x, tile, overlap, tta=tta)
             n_tiles = len(_tile_starts(h, tile, overlap)) * len(_tile_starts(w, tile, overlap))
             finish(i, img, float(s[0]), m[0, 0].float().cpu().numpy(), n_tiles)
             bar.update(1)
