@@ -6,14 +6,12 @@ the adapter interface :class:`GeneratorAdapter` for new generator families, the 
 """
 
 from ..ema import EMA
+from ..gen.registry import ADAPTER_ENTRIES
 from .curriculum import Curriculum, CurriculumConfig, Transition, plateau_test
 from .generators import (
-    ADAPTER_ENTRIES,
-    GENERATOR_ENTRIES,
     AdapterOptions,
     GaussianPolicy,
     GeneratorAdapter,
-    GeneratorEntry,
     LoadedGenerator,
     Rollout,
     build_adapter,
@@ -41,13 +39,11 @@ from .train import RLConfig, train
 __all__ = [
     "ADAPTER_ENTRIES",
     "EMA",
-    "GENERATOR_ENTRIES",
     "AdapterOptions",
     "Curriculum",
     "CurriculumConfig",
     "GaussianPolicy",
     "GeneratorAdapter",
-    "GeneratorEntry",
     "LoRAConv2d",
     "LoadedGenerator",
     "PyIQAReward",
