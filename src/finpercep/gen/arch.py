@@ -180,3 +180,18 @@ def realsr_df2k() -> RRDBNet:
 def realesr_animevideov3(scale: int = 4) -> SRVGGNetCompact:
     """realesr-animevideov3 as exported to ncnn: the x4 network, bicubically resized for x2/x3."""
     return SRVGGNetCompact(3, 3, num_feat=64, num_conv=16, upscale=scale, act_type="prelu", net_upscale=4)
+
+
+def srvgg_tiny(scale: int = 4, seed: int = 0) -> SRVGGNetCompact:
+    """A tiny randomly initialised SRVGGNetCompact (8 features, 2 convs) whose last conv is zero.
+
+    It starts as nearest-neighbour upsampling; meant for tests and smoke runs, not for quality.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = SRVGGNetCompact(3, 3, num_feat=8, num_conv=2, upscale=scale, act_type="prelu")
+    last = net.body[-1]
+    assert isinstance(last, nn.Conv2d)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return net

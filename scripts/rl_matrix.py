@@ -1,7 +1,7 @@
 """A short RL run of every algorithm x curriculum on the embedded photos with the packaged reward model.
 
-    python benchmarks/rl_matrix.py --out runs/rl_matrix            # grpo/refl x global/full/ccl, 60 steps
-    python benchmarks/rl_matrix.py --algorithms grpo --curricula ccl --steps 120
+    python scripts/rl_matrix.py --out runs/rl_matrix            # grpo/refl x global/full/ccl, 60 steps
+    python scripts/rl_matrix.py --algorithms grpo --curricula ccl --steps 120
 
 For each run it prints: the reward of each stage's first and last ``--window`` steps (the reward of the
 current stage should rise), the stage transitions (step and reason), the largest KL to the reference
