@@ -2,7 +2,7 @@
 
 Images inside FinPercep are ``float32`` numpy arrays of shape ``(H, W, 3)``, RGB, in ``[0, 1]``.
 
-Conversion rule for files that are not 8-bit RGB (documented in the README):
+Conversion rule for files that are not 8-bit RGB (documented in docs/data.md, "Input images"):
 
 * 16-bit (and 32-bit integer) images are scaled by their type's maximum; float images are clipped to [0, 1].
 * Grayscale is replicated to three channels.

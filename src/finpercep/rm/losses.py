@@ -72,7 +72,8 @@ def map_area_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     A per-pixel loss settles at the median where local evidence is weak: content a whole image shares
     (an SR model's over-smoothed texture) looks clean patch by patch and gets a dark map. This term
     asks for the right amount of degradation per image, which image-wide evidence can supply (on the
-    embedded-photo data it did not, by itself, light up Real-ESRGAN x4plus outputs: see the README).
+    embedded-photo data it did not, by itself, light up Real-ESRGAN x4plus outputs: see
+    docs/rm_experiments.md).
     """
     if pred.shape != target.shape:
         raise ValueError(f"map shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
