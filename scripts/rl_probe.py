@@ -48,13 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge-stage", type=int, default=0)
     ns = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if ns.steps == 0:
-        out, generator = Path(ns.out), ns.generator
+    untouched = getattr(ns, "steps", 1) == 0
+    cfg = from_args(RLConfig, ns, **({"steps": 1} if untouched else {}))
+    if untouched:
+        out, generator = Path(cfg.out), cfg.generator
     else:
-        cfg = from_args(RLConfig, ns)
         rewards = [RandomReward(cfg.seed)] if ns.reward == "random" else None
         out = generator = train(cfg, rewards=rewards)
-    judge = default_checkpoint_dir() if ns.reward_model is None else ns.reward_model
+    judge = default_checkpoint_dir() if cfg.reward_model is None else cfg.reward_model
     for spec in ns.eval:
         name, _, dirs = spec.partition("=")
         lr_dir, _, hr_dir = dirs.partition(":")
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 judge=str(judge),
                 judge_stage=ns.judge_stage,
                 out=str(Path(out) / f"eval_{name}"),
-                threads=ns.threads,
+                threads=cfg.threads,
                 **source,
             )
         )

@@ -12,7 +12,7 @@ from .config import add_arguments, from_args
 from .errors import FinPercepError
 
 TTA_CHOICES = ("none", "hflip", "flips")
-"""``finpercep.rm.model.TTA_FLIPS``'s keys, here so that the CLI starts without importing torch."""
+"""``finpercep.rm.score.TTA_FLIPS``'s keys, here so that the CLI starts without importing torch."""
 
 log = logging.getLogger("finpercep")
 

@@ -231,7 +231,7 @@ def evaluate_checkpoint(
     ``misranked_count`` samples that cost SRCC the most (:func:`~finpercep.rm.metrics.misorder`), and
     ``misorder_share`` each kind of sample's share of the total misorder (``gt``, ``ROLE/SR_MODEL``);
     ``misranked``: also draw them, beside their reference, predicted map and M_gt, into this PNG. ``tta``:
-    test-time augmentation (:meth:`RewardModel.set_tta`).
+    test-time augmentation (:class:`~finpercep.rm.score.Scorer`).
     """
     from ..data.manifest import chains as make_chains
     from ..data.manifest import read_manifest
