@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 
 from .. import dist as D
@@ -51,8 +50,9 @@ from .data import DegradationKind, PairSource
 from .generators import AdapterOptions, GeneratorAdapter, build_adapter, export_generator
 from .logs import CSV_NAME, CURVES_NAME, RunLog, plot_curves, read_log
 from .lora import apply_lora
-from .losses import Exploration, clip_fraction, group_advantages, grpo_loss
-from .rewards import RewardFn, StagedRMRewards, WeightedReward, check_reward, parse_weighted_spec, reward_name
+from .losses import Exploration
+from .rewards import RewardFn, StagedRMRewards, WeightedReward, parse_weighted_spec
+from .steps import grpo_step, noise_generators, reduce_stats, refl_step  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -221,137 +221,7 @@ StepCallback = Callable[[int, dict[str, float]], None]
 
 
 # --------------------------------------------------------------------------------------------------
-# pieces of the loop
-
-
-def noise_generators(
-    seed: int, step: int, indices: Sequence[int], device: torch.device
-) -> list[torch.Generator]:
-    """One generator per global sample index: the policy noise does not depend on the process count."""
-    gens = []
-    for i in indices:
-        s = int(np.random.SeedSequence([seed, step, i, 0x5EED]).generate_state(1, dtype=np.uint64)[0]) >> 1
-        gens.append(torch.Generator(device=device).manual_seed(s))
-    return gens
-
-
-def _repeat(x: torch.Tensor | None, n: int) -> torch.Tensor | None:
-    return None if x is None else x.repeat_interleave(n, dim=0)
-
-
-def optimizer_step(
-    d: D.Dist,
-    loss: torch.Tensor,
-    opt: torch.optim.Optimizer,
-    params: Sequence[torch.nn.Parameter],
-    grad_clip: float,
-) -> float:
-    """Backward, average gradients over processes, clip, step; returns the pre-clip gradient norm."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    D.sync_gradients(d, params)
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
-    opt.step()
-    return float(norm)
-
-
-def grpo_step(
-    d: D.Dist,
-    cfg: RLConfig,
-    policy: GeneratorAdapter,
-    ref: GeneratorAdapter,
-    reward: RewardFn,
-    opt: torch.optim.Optimizer,
-    params: Sequence[torch.nn.Parameter],
-    lr: torch.Tensor,
-    hr: torch.Tensor | None,
-    gens: Sequence[torch.Generator],
-) -> dict[str, float]:
-    """Sample G outputs per input, score them, take ``ppo_epochs`` clipped policy-gradient steps."""
-    b, g = lr.shape[0], cfg.group_size
-    ro = policy.rollout(lr, g, gens)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        r = check_reward(reward(ro.sr, _repeat(lr, g), _repeat(hr, g)), b * g, reward_name(reward)).view(b, g)
-    reward_time = time.perf_counter() - t0
-    adv = group_advantages(r)
-    for _ in range(cfg.ppo_epochs):
-        logp, kl = policy.evaluate(ro, ref)
-        loss = grpo_loss(logp, ro.logp_old, adv, kl, cfg.clip_eps, cfg.kl_coef)
-        clip = clip_fraction(logp, ro.logp_old, cfg.clip_eps)
-        grad_norm = optimizer_step(d, loss, opt, params, cfg.grad_clip)
-    return {
-        "reward_sum": float(r.sum()),
-        "reward_sq": float((r.double() ** 2).sum()),
-        "n": float(r.numel()),
-        "kl": float(kl.detach().sum()),
-        "loss": float(loss.detach()) * b,
-        "clip_frac": float(clip) * b,
-        "fidelity": math.nan,
-        "inputs": float(b),
-        "grad_norm": grad_norm,
-        "reward_time_s": reward_time,
-    }
-
-
-def refl_step(
-    d: D.Dist,
-    cfg: RLConfig,
-    policy: GeneratorAdapter,
-    ref: GeneratorAdapter,
-    reward: RewardFn,
-    opt: torch.optim.Optimizer,
-    params: Sequence[torch.nn.Parameter],
-    lr: torch.Tensor,
-    hr: torch.Tensor | None,
-) -> dict[str, float]:
-    """Back-propagate the reward of the deterministic output, regularised towards the reference output."""
-    out = policy(lr)
-    with torch.no_grad():
-        ref_out = ref(lr)
-    t0 = time.perf_counter()
-    r = check_reward(reward(out.clamp(0.0, 1.0), lr, hr), lr.shape[0], reward_name(reward))
-    reward_time = time.perf_counter() - t0
-    fid = ((out - ref_out) ** 2).mean(dim=(1, 2, 3))
-    loss = -r.mean() + cfg.fidelity_weight * fid.mean()
-    grad_norm = optimizer_step(d, loss, opt, params, cfg.grad_clip)
-    with torch.no_grad():
-        kl = policy.output_kl(out.detach(), ref_out)
-    b = lr.shape[0]
-    return {
-        "reward_sum": float(r.detach().sum()),
-        "reward_sq": float((r.detach().double() ** 2).sum()),
-        "n": float(b),
-        "kl": float(kl.sum()),
-        "loss": float(loss.detach()) * b,
-        "clip_frac": math.nan,
-        "fidelity": float(fid.detach().sum()),
-        "inputs": float(b),
-        "grad_norm": grad_norm,
-        "reward_time_s": reward_time,
-    }
-
-
-_SUMMED = ("reward_sum", "reward_sq", "n", "kl", "loss", "clip_frac", "fidelity", "inputs", "reward_time_s")
-
-
-def reduce_stats(d: D.Dist, s: dict[str, float]) -> dict[str, float]:
-    """Sum the per-process statistics and turn them into global means."""
-    t = torch.tensor([s[k] for k in _SUMMED], dtype=torch.float64)
-    t = D.all_reduce_sum(d, t)
-    v = dict(zip(_SUMMED, t.tolist(), strict=True))
-    mean = v["reward_sum"] / v["n"]
-    var = max(0.0, v["reward_sq"] / v["n"] - mean * mean)
-    return {
-        "reward": mean,
-        "reward_std": math.sqrt(var),
-        "kl": v["kl"] / v["inputs"],
-        "loss": v["loss"] / v["inputs"],
-        "clip_frac": v["clip_frac"] / v["inputs"],
-        "fidelity": v["fidelity"] / v["inputs"],
-        "grad_norm": s["grad_norm"],
-        "reward_time_s": v["reward_time_s"] / d.world,
-    }
+# pieces of the loop (the step functions are in steps.py)
 
 
 def adapter_options(cfg: RLConfig) -> AdapterOptions:
@@ -402,26 +272,26 @@ def _stage_rewards(
 # the training run
 
 
-def train(
-    cfg: RLConfig, *, rewards: Sequence[RewardFn] | None = None, on_step: StepCallback | None = None
-) -> Path:
-    """Fine-tune ``cfg.generator`` and return the output folder.
+@dataclass
+class _Run:
+    """What the loop's parts share: the process group, the policy and its optimiser, the curriculum, data."""
 
-    ``rewards`` replaces the reward model's stages by your own stage rewards (stage ``k`` = ``rewards[k]``;
-    the curriculum walks through them like RM_0..RM_N). ``on_step(step, row)`` is called after every
-    step with the logged metrics (after the checkpoint of that step, if any).
-    """
-    if cfg.num_processes > 1 and not D.in_process_group():
-        D.launch(_spawned_train, (cfg, rewards), cfg.num_processes)
-        return Path(cfg.out)
-    d = D.setup(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    elif d.world > 1 and d.device.type == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads() // d.world))
-    check(
-        cfg.batch_size % d.world == 0, f"batch_size {cfg.batch_size} must be divisible by {d.world} processes"
-    )
+    d: D.Dist
+    cfg: RLConfig
+    out: Path
+    policy: GeneratorAdapter
+    ref: GeneratorAdapter
+    params: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    ema: EMA | None
+    curriculum: Curriculum
+    data: PairSource
+    step: int = 0
+    last_plot: float = 0.0
+
+
+def _prepare_output(d: D.Dist, cfg: RLConfig) -> Path:
+    """Refuse an ``out`` with another run's settings; write the config of a new run."""
     out = Path(cfg.out)
     resuming = check_resume(out / CONFIG_NAME, cfg, ignore=_RESUME_IGNORES, added_later=_ADDED_LATER)
     if d.main and resuming and (stale := remove_stale_temps(out)):
@@ -430,8 +300,13 @@ def train(
     if d.main and not resuming:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / CONFIG_NAME, to_dict(cfg))
+    return out
 
-    # generator as a policy, its frozen reference, LoRA, optimiser, EMA
+
+def _build_policy(
+    d: D.Dist, cfg: RLConfig
+) -> tuple[GeneratorAdapter, GeneratorAdapter, list[torch.nn.Parameter], torch.optim.Optimizer, EMA | None]:
+    """The generator as a policy, its frozen reference, LoRA, the optimiser and the EMA."""
     policy = build_adapter(cfg.generator, cfg.scale, cfg.policy_std, cfg.learn_std, adapter_options(cfg))
     policy = policy.to(d.device)
     check(
@@ -459,27 +334,155 @@ def train(
         sum(p.numel() for p in params),
         sum(p.numel() for p in policy.parameters()),
     )
+    return policy, ref, params, opt, ema
 
-    # rewards, curriculum, data
+
+def _resume(run: _Run) -> None:
+    """Load ``state.pt`` if the run was interrupted."""
+    state_path = run.out / STATE_NAME
+    if not state_path.is_file():
+        return
+    state = torch.load(state_path, map_location=run.d.device, weights_only=False)
+    run.policy.load_trainable_state(state["policy"])
+    run.opt.load_state_dict(state["optimizer"])
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"])
+    run.curriculum.load_state_dict(state["curriculum"])
+    run.step = int(state["step"])
+    logger.info("resuming %s at step %d (RM_%d)", run.out, run.step, run.curriculum.stage)
+
+
+def _save(run: _Run, log: RunLog) -> None:
+    """The resume point, the transitions and (at most once a minute, and at the end) the curves."""
+    if run.d.main:
+        save_state(
+            run.out / STATE_NAME,
+            {
+                "step": run.step,
+                "policy": run.policy.trainable_state(),
+                "optimizer": run.opt.state_dict(),
+                "ema": run.ema.state_dict() if run.ema is not None else None,
+                "curriculum": run.curriculum.state_dict(),
+            },
+        )
+        transitions = [t.as_dict() for t in run.curriculum.transitions]
+        atomic_write_json(run.out / TRANSITIONS_NAME, transitions)
+        log.flush()
+        if run.step == run.cfg.steps or time.perf_counter() - run.last_plot > PLOT_EVERY_S:
+            plot_curves(read_log(run.out / CSV_NAME), transitions, run.out / CURVES_NAME)
+            run.last_plot = time.perf_counter()
+    D.barrier(run.d)
+
+
+def _train_step(run: _Run, reward: RewardFn) -> dict[str, float]:
+    """One optimisation step on this process's share of the batch; returns the logged row."""
+    d, cfg = run.d, run.cfg
+    t0 = time.perf_counter()
+    per_rank = cfg.batch_size // d.world
+    indices = range(d.rank * per_rank, (d.rank + 1) * per_rank)
+    lr, hr = run.data.batch(run.step, indices)
+    lr, hr = lr.to(d.device), hr.to(d.device)
+    if cfg.algorithm == "grpo":
+        gens = noise_generators(cfg.seed, run.step, indices, d.device)
+        stats = grpo_step(d, cfg, run.policy, run.ref, reward, run.opt, run.params, lr, hr, gens)
+    else:
+        stats = refl_step(d, cfg, run.policy, run.ref, reward, run.opt, run.params, lr, hr)
+    if run.ema is not None:
+        run.ema.update(run.policy)
+    run.step += 1
+    row = reduce_stats(d, stats)
+    if not math.isfinite(row["loss"]):
+        raise FinPercepError(
+            f"step {run.step}: the loss is not finite ({row['loss']}); lower --lr or check the reward"
+        )
+    dt = time.perf_counter() - t0
+    samples = cfg.batch_size * (cfg.group_size if cfg.algorithm == "grpo" else 1)
+    log_std = getattr(run.policy, "log_std", None)
+    row.update(
+        step=run.step,
+        stage=run.curriculum.stage,
+        step_time_s=dt,
+        samples_per_s=samples / dt,
+        policy_std=float(log_std.detach().exp().mean()) if log_std is not None else math.nan,
+    )
+    return row
+
+
+def _advance_curriculum(run: _Run, row: dict[str, float], log: RunLog) -> None:
+    transition = run.curriculum.update(run.step, row["reward"])
+    if transition is not None:
+        logger.info(
+            "curriculum: RM_%d -> RM_%d at step %d (%s)",
+            transition.from_stage,
+            transition.to_stage,
+            transition.step,
+            transition.reason,
+        )
+        log.text("curriculum", json.dumps(transition.as_dict()), run.step)
+
+
+def _export(run: _Run, wall_s: float) -> None:
+    """Generator weights (and EMA), preview and ``summary.json``; checks that the replicas agree."""
+    d, cfg, policy = run.d, run.cfg, run.policy
+    prints = D.gather_strings(d, D.fingerprint(policy))
+    if len(set(prints)) > 1:
+        logger.error("process replicas diverged: weight fingerprints %s", prints)
+    if not d.main:
+        return
+    meta = {"source": cfg.generator, "scale": policy.scale, "arch": policy.arch, "steps": run.step}
+    export_generator(policy, run.out, meta)
+    if run.ema is not None:
+        with run.ema.swapped_in(policy):
+            export_generator(policy, run.out, {**meta, "ema_decay": cfg.ema_decay}, name="generator_ema")
+    if cfg.preview:
+        _preview(policy, run.ref, run.data, cfg.preview, run.out / "preview.png")
+    rows = read_log(run.out / CSV_NAME)
+    tail = rows[-max(1, len(rows) // 10) :]
+    atomic_write_json(
+        run.out / "summary.json",
+        {
+            "steps": run.step,
+            "final_stage": run.curriculum.stage,
+            "final_reward": sum(r["reward"] for r in tail) / len(tail) if tail else None,
+            "final_kl": sum(r["kl"] for r in tail) / len(tail) if tail else None,
+            "transitions": [t.as_dict() for t in run.curriculum.transitions],
+            "world_size": d.world,
+            "replica_fingerprints": prints,
+            "wall_s": wall_s,
+        },
+    )
+
+
+def train(
+    cfg: RLConfig, *, rewards: Sequence[RewardFn] | None = None, on_step: StepCallback | None = None
+) -> Path:
+    """Fine-tune ``cfg.generator`` and return the output folder.
+
+    ``rewards`` replaces the reward model's stages by your own stage rewards (stage ``k`` = ``rewards[k]``;
+    the curriculum walks through them like RM_0..RM_N). ``on_step(step, row)`` is called after every
+    step with the logged metrics (after the checkpoint of that step, if any).
+    """
+    if cfg.num_processes > 1 and not D.in_process_group():
+        D.launch(_spawned_train, (cfg, rewards), cfg.num_processes)
+        return Path(cfg.out)
+    d = D.setup(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif d.world > 1 and d.device.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads() // d.world))
+    check(
+        cfg.batch_size % d.world == 0, f"batch_size {cfg.batch_size} must be divisible by {d.world} processes"
+    )
+    out = _prepare_output(d, cfg)
+    policy, ref, params, opt, ema = _build_policy(d, cfg)
     reward_for, stages = _stage_rewards(cfg, d.device, rewards)
     curriculum = Curriculum(cfg.curriculum_config(), stages, cfg.steps)
     data = PairSource(
         policy.scale, cfg.lr_size, cfg.seed, cfg.hr_folders, cfg.paired_lr, cfg.paired_hr, cfg.degradation
     )
-
-    # resume
-    step = 0
-    state_path = out / STATE_NAME
-    if state_path.is_file():
-        state = torch.load(state_path, map_location=d.device, weights_only=False)
-        policy.load_trainable_state(state["policy"])
-        opt.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        curriculum.load_state_dict(state["curriculum"])
-        step = int(state["step"])
-        logger.info("resuming %s at step %d (RM_%d)", out, step, curriculum.stage)
-    log = RunLog(out, step, enabled=d.main, tensorboard=cfg.tensorboard)
+    run = _Run(d, cfg, out, policy, ref, params, opt, ema, curriculum, data, last_plot=time.perf_counter())
+    _resume(run)
+    log = RunLog(out, run.step, enabled=d.main, tensorboard=cfg.tensorboard)
     logger.info(
         "curriculum %s/%s over RM stages %s; starting with RM_%d",
         cfg.curriculum,
@@ -488,117 +491,31 @@ def train(
         curriculum.stage,
     )
 
-    last_plot = time.perf_counter()
-
-    def save() -> None:
-        nonlocal last_plot
-        if d.main:
-            save_state(
-                state_path,
-                {
-                    "step": step,
-                    "policy": policy.trainable_state(),
-                    "optimizer": opt.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "curriculum": curriculum.state_dict(),
-                },
-            )
-            transitions = [t.as_dict() for t in curriculum.transitions]
-            atomic_write_json(out / TRANSITIONS_NAME, transitions)
-            log.flush()
-            if step == cfg.steps or time.perf_counter() - last_plot > PLOT_EVERY_S:
-                plot_curves(read_log(out / CSV_NAME), transitions, out / CURVES_NAME)
-                last_plot = time.perf_counter()
-        D.barrier(d)
-
-    per_rank = cfg.batch_size // d.world
     bar = None
-    if d.main and cfg.progress and step < cfg.steps:
+    if d.main and cfg.progress and run.step < cfg.steps:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=step, desc="rl", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=run.step, desc="rl", unit="step", dynamic_ncols=True)
     t_start = time.perf_counter()
     try:
-        while step < cfg.steps:
-            t0 = time.perf_counter()
+        while run.step < cfg.steps:
             stage = curriculum.stage
-            reward = reward_for(stage)
-            indices = range(d.rank * per_rank, (d.rank + 1) * per_rank)
-            lr, hr = data.batch(step, indices)
-            lr, hr = lr.to(d.device), hr.to(d.device)
-            if cfg.algorithm == "grpo":
-                gens = noise_generators(cfg.seed, step, indices, d.device)
-                stats = grpo_step(d, cfg, policy, ref, reward, opt, params, lr, hr, gens)
-            else:
-                stats = refl_step(d, cfg, policy, ref, reward, opt, params, lr, hr)
-            if ema is not None:
-                ema.update(policy)
-            step += 1
-            row = reduce_stats(d, stats)
-            if not math.isfinite(row["loss"]):
-                raise FinPercepError(
-                    f"step {step}: the loss is not finite ({row['loss']}); lower --lr or check the reward"
-                )
-            dt = time.perf_counter() - t0
-            samples = cfg.batch_size * (cfg.group_size if cfg.algorithm == "grpo" else 1)
-            log_std = getattr(policy, "log_std", None)
-            row.update(
-                step=step,
-                stage=stage,
-                step_time_s=dt,
-                samples_per_s=samples / dt,
-                policy_std=float(log_std.detach().exp().mean()) if log_std is not None else math.nan,
-            )
+            row = _train_step(run, reward_for(stage))
             log.write(row)
-            transition = curriculum.update(step, row["reward"])
-            if transition is not None:
-                logger.info(
-                    "curriculum: RM_%d -> RM_%d at step %d (%s)",
-                    transition.from_stage,
-                    transition.to_stage,
-                    transition.step,
-                    transition.reason,
-                )
-                log.text("curriculum", json.dumps(transition.as_dict()), step)
-            if step % cfg.save_every == 0 or step == cfg.steps:
-                save()
+            _advance_curriculum(run, row, log)
+            if run.step % cfg.save_every == 0 or run.step == cfg.steps:
+                _save(run, log)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(stage=stage, reward=f"{row['reward']:.4f}", kl=f"{row['kl']:.3g}")
             if on_step is not None:
-                on_step(step, row)
+                on_step(run.step, row)
     finally:
         if bar is not None:
             bar.close()
         log.close()
 
-    # export
-    prints = D.gather_strings(d, D.fingerprint(policy))
-    if len(set(prints)) > 1:
-        logger.error("process replicas diverged: weight fingerprints %s", prints)
-    if d.main:
-        meta = {"source": cfg.generator, "scale": policy.scale, "arch": policy.arch, "steps": step}
-        export_generator(policy, out, meta)
-        if ema is not None:
-            with ema.swapped_in(policy):
-                export_generator(policy, out, {**meta, "ema_decay": cfg.ema_decay}, name="generator_ema")
-        if cfg.preview:
-            _preview(policy, ref, data, cfg.preview, out / "preview.png")
-        rows = read_log(out / CSV_NAME)
-        tail = rows[-max(1, len(rows) // 10) :]
-        atomic_write_json(
-            out / "summary.json",
-            {
-                "steps": step,
-                "final_stage": curriculum.stage,
-                "final_reward": sum(r["reward"] for r in tail) / len(tail) if tail else None,
-                "final_kl": sum(r["kl"] for r in tail) / len(tail) if tail else None,
-                "transitions": [t.as_dict() for t in curriculum.transitions],
-                "world_size": d.world,
-                "replica_fingerprints": prints,
-                "wall_s": time.perf_counter() - t_start,
-            },
-        )
+    _export(run, time.perf_counter() - t_start)
     D.barrier(d)
     D.teardown(d)
     return out
