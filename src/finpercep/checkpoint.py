@@ -8,7 +8,7 @@ settings is refused, so two runs never mix in one folder.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ def check_resume(
     ignore: Collection[str] = (),
     added_later: Mapping[str, Any] | None = None,
     what: str = "a run",
+    layout: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> bool:
     """True if ``path`` holds the saved configuration of a run with ``cfg``'s settings, False if there is
     no such file; a :class:`FinPercepError` naming the options that differ otherwise.
@@ -52,12 +53,15 @@ def check_resume(
     ``ignore``: options that may change between a run and its resumption (output folder, threads, device,
     progress bars ...). ``added_later``: the values of options that were added after some runs were saved,
     as those runs did without them; a saved run that lacks one of them is compared with that value.
+    ``layout`` maps a saved or current config dict to the keys that are compared (e.g. nested configs
+    flattened into their options, so that a file in an older layout still matches).
     """
     path = Path(path)
     if not path.is_file():
         return False
-    saved = {**_as_json(dict(added_later or {})), **json.loads(path.read_text())}
-    now = _as_json(to_dict(cfg))
+    same = layout or (lambda d: d)
+    saved = {**_as_json(dict(added_later or {})), **same(json.loads(path.read_text()))}
+    now = same(_as_json(to_dict(cfg)))
     diff = sorted(k for k in set(saved) | set(now) if k not in ignore and saved.get(k) != now.get(k))
     if diff:
         raise FinPercepError(

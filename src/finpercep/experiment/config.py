@@ -209,18 +209,18 @@ def check_config(out: Path, cfg: HackingConfig) -> None:
     """Refuse an ``out`` that holds an experiment with other settings (those of ``_RESUME_IGNORES`` may
     differ); write ``cfg`` there. The saved config may be in the flat layout of the time before the RL
     settings were nested: keys are compared as the CLI's options."""
+    from ..checkpoint import check_resume  # imports torch, which building the CLI does not need
+
     path = out / CONFIG_NAME
     now = json.loads(json.dumps(to_dict(cfg)))
-    if path.is_file():
-        saved = {**_ADDED_LATER, **flatten(HackingConfig, json.loads(path.read_text()))}
-        flat = flatten(HackingConfig, now)
-        diff = sorted(
-            k for k in set(saved) | set(flat) if k not in _RESUME_IGNORES and saved.get(k) != flat.get(k)
-        )
-        if diff:
-            raise FinPercepError(
-                f"{out} holds an experiment with different settings ({', '.join(diff)}); use another --out"
-            )
+    check_resume(
+        path,
+        cfg,
+        ignore=_RESUME_IGNORES,
+        added_later=_ADDED_LATER,
+        what="an experiment",
+        layout=lambda d: flatten(HackingConfig, d),
+    )
     atomic_write_json(path, now)
 
 
