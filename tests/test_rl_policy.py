@@ -83,6 +83,11 @@ def refl_lora(root: Path) -> tuple[RLConfig, dict[int, torch.nn.Module]]:
     return _train(root, "refl_lora", algorithm="refl", lora_rank=2)
 
 
+@pytest.fixture(scope="module")
+def grpo_antithetic(root: Path) -> tuple[RLConfig, dict[int, torch.nn.Module]]:
+    return _train(root, "grpo_antithetic", exploration="antithetic")
+
+
 def _lr() -> torch.Tensor:
     return torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(3))
 
@@ -120,7 +125,7 @@ def test_a_lora_run_loads_from_its_resume_point_with_lora_and_from_its_export_me
     assert not torch.allclose(final(x), pretrained_policy(cfg)(x))  # it trained
 
 
-@pytest.mark.parametrize("run", ["grpo", "refl_lora"])
+@pytest.mark.parametrize("run", ["grpo", "refl_lora", "grpo_antithetic"])
 def test_the_reference_at_step_1_is_the_logged_reward(run: str, request: pytest.FixtureRequest) -> None:
     """At step 1 the policy is the pretrained generator: scored on the same batch with the same noise and
     reward stage, it gets exactly the reward the run logged (the gain is 0)."""

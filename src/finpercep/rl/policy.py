@@ -50,8 +50,9 @@ def checkpoint_step(run_dir: str | Path) -> int:
 
 
 def pretrained_policy(cfg: RLConfig, device: str | torch.device = "cpu") -> GeneratorAdapter:
-    """The generator a run with ``cfg`` starts from, as a policy (the run's policy std)."""
+    """The generator a run with ``cfg`` starts from, as a policy (the run's policy std and exploration)."""
     policy = build_adapter(cfg.generator, cfg.scale, cfg.policy_std, cfg.learn_std, adapter_options(cfg))
+    policy.exploration = cfg.exploration
     return policy.to(device)
 
 
@@ -80,6 +81,7 @@ def load_policy(
         if not (run_dir / EXPORT_META).is_file():
             raise FinPercepError(f"{run_dir}: the run has not finished (no {EXPORT_META}); give a step")
         policy = build_adapter(str(run_dir), cfg.scale, cfg.policy_std, cfg.learn_std, adapter_options(cfg))
+        policy.exploration = cfg.exploration
         return policy.to(device).eval()
     path = run_dir / STATE_NAME
     state = torch.load(path, map_location=device, weights_only=False) if path.is_file() else {"step": 0}
