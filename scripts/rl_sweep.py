@@ -9,7 +9,9 @@ reward model nor RL saw, for every seed, and not only for one.
 A sweep file has one variant a line, ``NAME: rl_probe options`` (``#`` starts a comment); ``--common``
 options go to every variant. Runs already evaluated are skipped, so a killed sweep resumes. Writes
 ``OUT/summary.md`` and ``OUT/summary.json``: per evaluation set and variant, every seed's paired mean
-difference to the untouched generator, their mean and the 95 % t-interval over the seeds.
+difference to the untouched generator, their mean and the 95 % t-interval over the seeds; then, per seed, the
+mean over the evaluation sets, against the untouched generator and against ``--control`` (a variant whose
+change is the estimator's drift alone, e.g. ``--reward random``), with their t-intervals over the seeds.
 """
 
 from __future__ import annotations
@@ -79,13 +81,38 @@ def summarise(out: Path, variants: list[str], seeds: list[int], sets: list[str])
     return summary
 
 
+def pooled(summary: dict, sets: list[str], control: str | None) -> dict:
+    """Per variant and metric: every seed's mean over ``sets`` (minus ``control``'s when given), their mean
+    and t-interval. Only variants with the same seeds as the control on every set."""
+    variants = [v for v in summary[sets[0]] if v != "baseline" and all(v in summary[s] for s in sets)]
+    out: dict = {}
+    for v in variants:
+        if control is not None and v == control:
+            continue
+        cols = {}
+        for m in METRICS:
+            per = [
+                sum(vals) / len(sets) for vals in zip(*(summary[s][v][m]["seeds"] for s in sets), strict=True)
+            ]
+            if control is not None:
+                ref = [
+                    sum(vals) / len(sets)
+                    for vals in zip(*(summary[s][control][m]["seeds"] for s in sets), strict=True)
+                ]
+                per = [a - b for a, b in zip(per, ref, strict=True)]
+            cols[m] = {"seeds": per, "mean_ci": interval(per)}
+        out[v] = cols
+    return out
+
+
 def markdown(summary: dict) -> str:
     lines = []
     for s, rows in summary.items():
-        base = rows["baseline"]
+        base = rows.get("baseline")
         lines += [f"### {s}", "", "| variant | " + " | ".join(f"Δ{m}" for m in METRICS) + " |"]
         lines.append("|---|" + "---:|" * len(METRICS))
-        lines.append("| baseline (absolute) | " + " | ".join(f"{base[m]:.4g}" for m in METRICS) + " |")
+        if base is not None:
+            lines.append("| baseline (absolute) | " + " | ".join(f"{base[m]:.4g}" for m in METRICS) + " |")
         for v, cols in rows.items():
             if v == "baseline":
                 continue
@@ -109,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--common", default="", help="options given to every variant")
     p.add_argument("--only", nargs="*", default=None, help="run only these variants")
     p.add_argument("--summary-only", action="store_true", help="tabulate what has finished, run nothing")
+    p.add_argument("--control", default="null", help="variant the pooled table is also compared with")
     ns = p.parse_args(argv)
     variants = [v for v in read_sweep(ns.sweep) if ns.only is None or v[0] in ns.only]
     sets = [e.partition("=")[0] for e in ns.eval]
@@ -132,6 +160,19 @@ def main(argv: list[str] | None = None) -> int:
         codes = list(pool.map(lambda j: run(*j), jobs))
     failed = [str(log) for (_, log), c in zip(jobs, codes, strict=True) if c != 0]
     summary = summarise(ns.out, [v for v, _ in variants], ns.seeds, sets)
+    complete = [
+        v
+        for v, _ in variants
+        if all(len(summary[s].get(v, {}).get("psnr", {}).get("seeds", [])) == len(ns.seeds) for s in sets)
+    ]
+    all_sets = "+".join(sets)
+    summary[f"{all_sets}, per seed"] = pooled(
+        {s: {v: summary[s][v] for v in complete} for s in sets}, sets, None
+    )
+    if ns.control in complete:
+        summary[f"{all_sets}, per seed, minus {ns.control}"] = pooled(
+            {s: {v: summary[s][v] for v in complete} for s in sets}, sets, ns.control
+        )
     (ns.out / "summary.json").write_text(json.dumps(summary, indent=1))
     (ns.out / "summary.md").write_text(markdown(summary))
     sys.stdout.write(markdown(summary) + "\n")

@@ -508,7 +508,7 @@ TODAY_DEFAULTS: dict[str, Any] = {
     "generator": "realesrgan-animevideov3", "reward_model": None, "judge": None, "judge_stage": None,
     "judge_seed": 1, "judge_num": 36, "out": "runs/hacking",
     "rows": ["baseline", "global", "finpercep", "finpercep_ccl"], "algorithm": "grpo", "steps": 300,
-    "batch_size": 4, "group_size": 4, "lr": 0.0001, "kl_coef": 0.01, "policy_std": 0.05,
+    "batch_size": 4, "group_size": 4, "exploration": "antithetic", "lr": 0.0001, "kl_coef": 0.01, "policy_std": 0.05,
     "fidelity_weight": 1.0, "lora_rank": 0, "map_penalty": 0.5, "schedule": "fixed", "stage_steps": [],
     "early_steps": 20, "lr_size": 32,
     "train_photos": ["astronaut", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina"],
@@ -517,7 +517,8 @@ TODAY_DEFAULTS: dict[str, Any] = {
     "tau": 0.8, "iqa": ["lpips", "musiq", "maniqa", "clipiqa"], "iqa_weights": None, "report_crops": 3,
     "rolling_window": 10, "threads": 0, "progress": True,
 }  # fmt: skip
-"""``hacking_config.json`` of ``HackingConfig()`` as the code before the nested RL settings wrote it."""
+"""``hacking_config.json`` of ``HackingConfig()`` as the code before the nested RL settings wrote it (plus
+``exploration``, added later)."""
 
 
 def test_the_nested_rl_settings_keep_the_flags_and_defaults_of_the_flat_config() -> None:

@@ -102,15 +102,19 @@ def test_every_algorithm_and_curriculum_runs(
     assert not torch.allclose(trained(lr), build_generator("srvgg-tiny").net(lr), atol=1e-6)
 
 
-def test_ccl_rewards_rise_in_every_stage_and_the_kl_penalty_bounds_the_drift(assets: dict[str, Path]) -> None:
+@pytest.mark.parametrize(("exploration", "bound"), [("iid", 0.05), ("antithetic", 0.5)])
+def test_ccl_rewards_rise_in_every_stage_and_the_kl_penalty_bounds_the_drift(
+    assets: dict[str, Path], exploration: str, bound: float
+) -> None:
+    # antithetic noise drifts less without a KL (no estimator noise to random-walk on), so the KL's share
+    # of the free run's drift is larger there
     hr = (str(assets["hr"]),)
+    kw: dict[str, object] = dict(steps=20, lr=1e-2, hr_folders=hr, exploration=exploration)
     free = train(
-        config(assets, "grpo_free", steps=20, lr=1e-2, kl_coef=0.0, hr_folders=hr),
-        rewards=[darker_reward, redder_reward],
+        config(assets, f"grpo_free_{exploration}", kl_coef=0.0, **kw), rewards=[darker_reward, redder_reward]
     )
     tied = train(
-        config(assets, "grpo_tied", steps=20, lr=1e-2, kl_coef=1.0, hr_folders=hr),
-        rewards=[darker_reward, redder_reward],
+        config(assets, f"grpo_tied_{exploration}", kl_coef=1.0, **kw), rewards=[darker_reward, redder_reward]
     )
     rows, tied_rows = read_log(free), read_log(tied)
     for k in (0, 1):
@@ -118,7 +122,10 @@ def test_ccl_rewards_rise_in_every_stage_and_the_kl_penalty_bounds_the_drift(ass
         assert len(r) == 10
         assert np.mean(r[-3:]) > np.mean(r[:3]) + 0.02, (k, r)
     assert max(t["kl"] for t in tied_rows) < 1.0
-    assert max(t["kl"] for t in tied_rows) < 0.05 * rows[-1]["kl"]
+    assert max(t["kl"] for t in tied_rows) < bound * rows[-1]["kl"], (
+        max(t["kl"] for t in tied_rows),
+        rows[-1]["kl"],
+    )
 
 
 def test_refl_climbs_every_reward_model_stage(assets: dict[str, Path]) -> None:

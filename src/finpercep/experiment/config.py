@@ -72,6 +72,9 @@ class RLSettings:
     steps: int = option(300, help="RL steps of every RL row")
     batch_size: int = option(4, help="LR inputs per step")
     group_size: int = option(4, help="grpo: samples per LR input")
+    exploration: Literal["iid", "antithetic"] = option(
+        "antithetic", help="grpo: group noise, antithetic (mirrored pairs +eps, -eps) or iid"
+    )
     lr: float = option(
         1e-4, help="learning rate (at 3e-4 every RL row, FinPercep's too, gained artifacts within 25 steps)"
     )
@@ -201,7 +204,7 @@ class HackingConfig:
 
 
 _RESUME_IGNORES = {"out", "rows", "seeds", "threads", "progress", "iqa_weights", "report_crops"}
-_ADDED_LATER = {"early_steps": 0}
+_ADDED_LATER = {"early_steps": 0, "exploration": "iid"}
 """Options added after experiments were run, with the value that reproduces what those experiments did."""
 
 

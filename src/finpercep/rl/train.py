@@ -128,7 +128,7 @@ class RLConfig:
     policy_std: float = option(0.05, help="grpo: std of the Gaussian policy around the generator output")
     learn_std: bool = option(False, help="grpo: learn the policy std (per channel)")
     exploration: Exploration = option(
-        "iid", help="grpo: group noise, iid or antithetic (mirrored pairs: +eps and -eps)"
+        "antithetic", help="grpo: group noise, antithetic (mirrored pairs +eps, -eps; needs an even G) or iid"
     )
     fidelity_weight: float = option(1.0, help="refl: weight of the MSE to the reference generator's output")
     lora_rank: int = option(0, help="LoRA rank on every conv (0 = train all weights)")
@@ -175,7 +175,7 @@ class RLConfig:
         check(self.ppo_epochs >= 1, "ppo_epochs must be >= 1")
         check(self.exploration in ("iid", "antithetic"), "exploration must be iid or antithetic")
         check(
-            self.exploration == "iid" or self.group_size % 2 == 0,
+            self.algorithm != "grpo" or self.exploration == "iid" or self.group_size % 2 == 0,
             f"antithetic exploration needs an even group_size, got {self.group_size}",
         )
         check(self.lr > 0, "lr must be positive")
