@@ -1,4 +1,5 @@
 import argparse
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Literal
@@ -155,6 +156,48 @@ def test_nested_dict_round_trip_and_the_flat_layout_of_older_files():
         from_dict(Outer, {"nope": 1})
     with pytest.raises(ConfigError, match="set twice"):
         flatten(Outer, {"lr": 0.1, "knobs": {"lr": 0.2}})
+
+
+@dataclass(frozen=True)
+class Sched:
+    """A config whose field ``kind`` has the option ``--sched`` (the name of the field holding it)."""
+
+    kind: Literal["a", "b"] = option("a", help="which", flag="sched")
+    width: int = option(2, help="width")
+
+
+@dataclass(frozen=True)
+class Run:
+    """Holds Sched under the name of its first option, and another Sched with a prefix."""
+
+    sched: Sched = option(default_factory=Sched, help="schedule")
+    spare: Sched = option(default_factory=lambda: Sched(width=5), help="spare", prefix="spare_")
+    steps: int = option(1, help="steps", flag="num_steps")
+
+
+def test_flag_names_an_option_apart_from_its_field():
+    p = argparse.ArgumentParser()
+    add_arguments(p, Run)
+    flags = {a.option_strings[0] for a in p._actions if a.option_strings}
+    assert flags == {"-h", "--sched", "--width", "--spare-sched", "--spare-width", "--num-steps"}
+    cfg = from_args(Run, p.parse_args("--sched b --spare-sched b --num-steps 4".split()))
+    assert cfg == Run(sched=Sched(kind="b"), spare=Sched(kind="b", width=5), steps=4)
+    assert from_args(Run, p.parse_args([])) == Run()
+    assert option_names(Run) == ["sched", "width", "spare_sched", "spare_width", "num_steps"]
+    d = json.loads(json.dumps(to_dict(cfg)))
+    assert d == {"sched": {"kind": "b", "width": 2}, "spare": {"kind": "b", "width": 5}, "steps": 4}
+    flat = {"sched": "b", "width": 2, "spare_sched": "b", "spare_width": 5, "num_steps": 4}
+    assert flatten(Run, d) == flat and flatten(Run, flat) == flat
+    # the flat layout, where "sched" is the option, not the nested config of the same name
+    assert from_dict(Run, d) == from_dict(Run, flat) == cfg
+    assert from_dict(Run, {"sched": "b", "steps": 4}) == dataclasses.replace(cfg, spare=Run().spare)
+    assert from_dict(Sched, {"sched": "b"}) == from_dict(Sched, {"kind": "b"}) == Sched(kind="b")
+    with pytest.raises(ConfigError, match="set twice"):
+        from_dict(Sched, {"sched": "b", "kind": "a"})
+    with pytest.raises(ConfigError, match="set twice"):
+        flatten(Run, {"steps": 1, "num_steps": 2})
+
+
 def test_run_main_builds_the_config_runs_and_prints_the_result(capsys, monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     seen = {}

@@ -25,13 +25,16 @@ from .errors import ConfigError, FinPercepError
 T = TypeVar("T")
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, prefix: str = "", **kwargs: Any) -> Any:
+def option(
+    default: Any = dataclasses.MISSING, help: str = "", *, prefix: str = "", flag: str = "", **kwargs: Any
+) -> Any:
     """A dataclass field with a help text used by the generated CLI.
 
     ``prefix`` applies to a field that holds a nested config: its options are named ``--PREFIX-FIELD``
-    (none by default: the nested config's own option names).
+    (none by default: the nested config's own option names). ``flag`` names the option of a plain field
+    (``--FLAG`` and the key of :func:`flatten`; the field's name by default).
     """
-    metadata = {"help": help, "prefix": prefix}
+    metadata = {"help": help, "prefix": prefix, "flag": flag}
     if isinstance(default, list | dict | set):
         raise TypeError("use a tuple for sequence defaults; configs are frozen")
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
@@ -69,6 +72,11 @@ def _parse_bool(s: str) -> bool:
     if low in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def _option_name(f: dataclasses.Field) -> str:
+    """The option name of plain field ``f`` (before any prefix): its ``flag``, else its name."""
+    return f.metadata.get("flag") or f.name
 
 
 def _nested_type(tp: Any) -> type | None:
@@ -141,8 +149,9 @@ def add_arguments(
         if inner is not None:
             add_arguments(parser, inner, prefix=prefix + f.metadata.get("prefix", ""), defaults=default)
             continue
-        kw = _argument(hints[f.name], prefix + f.name, default, f.metadata.get("help", ""))
-        group.add_argument("--" + (prefix + f.name).replace("_", "-"), **kw)
+        dest = prefix + _option_name(f)
+        kw = _argument(hints[f.name], dest, default, f.metadata.get("help", ""))
+        group.add_argument("--" + dest.replace("_", "-"), **kw)
 
 
 def _given(cls: type, ns: argparse.Namespace, prefix: str, base: Any) -> dict[str, Any]:
@@ -158,8 +167,8 @@ def _given(cls: type, ns: argparse.Namespace, prefix: str, base: Any) -> dict[st
                 kwargs[f.name] = (
                     inner(**sub) if inner_base is None else dataclasses.replace(inner_base, **sub)
                 )
-        elif hasattr(ns, prefix + f.name):
-            value = getattr(ns, prefix + f.name)
+        elif hasattr(ns, prefix + _option_name(f)):
+            value = getattr(ns, prefix + _option_name(f))
             kwargs[f.name] = tuple(value) if isinstance(value, list) else value
     return kwargs
 
@@ -196,22 +205,24 @@ def option_names(cls: type) -> list[str]:
             inner, prefix = nested[f.name]
             names += [prefix + n for n in option_names(inner)]
         else:
-            names.append(f.name)
+            names.append(_option_name(f))
     return names
 
 
 def flatten(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
     """``d`` (a :func:`to_dict` of ``cls``, or a dict from before its nested configs were nested) with
     every nested config's keys lifted to the top, named as their options (prefix included): one key per
-    CLI option, whatever the nesting."""
+    CLI option, whatever the nesting. A key that names a nested config but holds no dict is an option
+    (a flat file's, where an option may share the name of a later nested config)."""
     nested = {name: (inner, prefix) for name, inner, prefix in _nested_fields(cls)}
+    renamed = {f.name: _option_name(f) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     out: dict[str, Any] = {}
     for k, v in d.items():
         if k in nested and isinstance(v, Mapping):
             inner, prefix = nested[k]
             items = {prefix + kk: vv for kk, vv in flatten(inner, v).items()}
         else:
-            items = {k: v}
+            items = {renamed.get(k, k): v}
         for kk, vv in items.items():
             if kk in out:
                 raise ConfigError(f"{cls.__name__}: {kk!r} is set twice (flat and nested)")
@@ -220,15 +231,31 @@ def flatten(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _nest(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
-    """``d`` with the keys of nested configs written flat (as :func:`flatten` writes them) moved into them."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    out = {k: v for k, v in d.items() if k in names}
-    rest = {k: v for k, v in d.items() if k not in names}
+    """``d`` keyed by the fields of ``cls``: options named by their ``flag`` renamed, and the keys of nested
+    configs written flat (as :func:`flatten` writes them) moved into them."""
+    nested = {name for name, _, _ in _nested_fields(cls)}
+    plain = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in nested:
+            plain[f.name] = plain[_option_name(f)] = f.name
+    out: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for k, v in d.items():
+        name = k if k in nested and isinstance(v, Mapping) else plain.get(k)
+        if name is None:
+            rest[k] = v
+        elif name in out:
+            raise ConfigError(f"{cls.__name__}: {name!r} is set twice (as {k!r} and under its other name)")
+        else:
+            out[name] = v
     for name, inner, prefix in _nested_fields(cls):
         leaves = {prefix + n for n in option_names(inner)}
         mine = {k[len(prefix) :]: rest.pop(k) for k in list(rest) if k in leaves}
         if mine:
-            out[name] = {**mine, **dict(out.get(name) or {})}
+            given = dict(out.get(name) or {})
+            if twice := sorted(set(mine) & set(given)):
+                raise ConfigError(f"{cls.__name__}: {twice} set twice (flat and nested)")
+            out[name] = {**given, **mine}
     if rest:
         raise ConfigError(f"unknown {cls.__name__} keys: {sorted(rest)}")
     return out
