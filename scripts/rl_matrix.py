@@ -17,6 +17,7 @@ import math
 import time
 from pathlib import Path
 
+from finpercep.rl.curriculum import CurriculumConfig
 from finpercep.rl.train import RLConfig, train
 
 
@@ -59,7 +60,7 @@ def main() -> None:
             cfg = RLConfig(
                 generator=args.generator,
                 algorithm=algorithm,
-                curriculum=curriculum,
+                curriculum=CurriculumConfig(kind=curriculum),
                 steps=args.steps,
                 lr=args.lr,
                 lr_size=args.lr_size,

@@ -539,8 +539,9 @@ def test_the_nested_rl_settings_keep_the_flags_and_defaults_of_the_flat_config()
     assert cfg.rl == RLSettings(lr=3e-4, kl_coef=0.02, early_steps=0, map_penalty=0.0, lr_size=16)
     assert cfg.seed == 2 and cfg.rl.steps == 300 and cfg.rl.batch_size == 4
     rl = cfg.rl_config(K.row_spec("finpercep_ccl"), Path("o"), ("hr",), seed=5)
-    assert (rl.lr, rl.kl_coef, rl.early_steps, rl.map_penalty, rl.lr_size) == (3e-4, 0.02, 0, 0.0, 16)
-    assert (rl.curriculum, rl.seed, rl.save_every, rl.steps, rl.hr_folders) == ("ccl", 5, 25, 300, ("hr",))
+    cur = rl.curriculum
+    assert (rl.lr, rl.kl_coef, cur.early_steps, rl.map_penalty, rl.lr_size) == (3e-4, 0.02, 0, 0.0, 16)
+    assert (cur.kind, rl.seed, rl.save_every, rl.steps, rl.hr_folders) == ("ccl", 5, 25, 300, ("hr",))
 
 
 def test_an_experiment_folder_with_the_flat_config_resumes(

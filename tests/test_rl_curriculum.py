@@ -21,7 +21,9 @@ def run(cur: Curriculum, rewards: list[float]) -> list[int]:
 
 
 def test_global_uses_rm0_and_never_transitions() -> None:
-    cur = Curriculum(CurriculumConfig(kind="global", schedule="adaptive", window=2), (0, 1, 2, 3), 100)
+    cur = Curriculum(
+        CurriculumConfig(kind="global", schedule="adaptive", plateau_window=2), (0, 1, 2, 3), 100
+    )
     used = run(cur, [0.0] * 100)
     assert set(used) == {0}
     assert cur.transitions == []
@@ -82,7 +84,7 @@ def rising_then_flat(rise: int, flat: int, noise: float, seed: int = 0) -> list[
 
 def test_adaptive_waits_for_the_plateau() -> None:
     window = 10
-    cfg = CurriculumConfig(kind="ccl", schedule="adaptive", window=window)
+    cfg = CurriculumConfig(kind="ccl", schedule="adaptive", plateau_window=window)
     cur = Curriculum(cfg, (0, 1), 200)
     rewards = rising_then_flat(rise=60, flat=80, noise=0.01)
     used = run(cur, rewards)
@@ -95,7 +97,7 @@ def test_adaptive_waits_for_the_plateau() -> None:
 
 
 def test_adaptive_never_advances_on_a_steady_rise() -> None:
-    cur = Curriculum(CurriculumConfig(kind="ccl", schedule="adaptive", window=10), (0, 1), 300)
+    cur = Curriculum(CurriculumConfig(kind="ccl", schedule="adaptive", plateau_window=10), (0, 1), 300)
     run(cur, rising_then_flat(rise=300, flat=0, noise=0.01))
     assert cur.transitions == []
 
@@ -107,7 +109,7 @@ def test_adaptive_respects_unstable_variance_and_max_stage_steps() -> None:
     rewards = list(scales * rng.standard_normal(40))
     ok, why = plateau_test(rewards[-20:], 10, tol=1.0, var_ratio=4.0)
     assert not ok and "variance ratio" in why
-    cfg = CurriculumConfig(kind="ccl", schedule="adaptive", window=5, max_stage_steps=30)
+    cfg = CurriculumConfig(kind="ccl", schedule="adaptive", plateau_window=5, max_stage_steps=30)
     cur = Curriculum(cfg, (0, 1, 2), 100)
     run(cur, list(np.linspace(0, 10, 100)))  # never flat
     assert [t.step for t in cur.transitions] == [30, 60]
@@ -115,14 +117,14 @@ def test_adaptive_respects_unstable_variance_and_max_stage_steps() -> None:
 
 
 def test_adaptive_min_stage_steps() -> None:
-    cfg = CurriculumConfig(kind="ccl", schedule="adaptive", window=5, min_stage_steps=25)
+    cfg = CurriculumConfig(kind="ccl", schedule="adaptive", plateau_window=5, min_stage_steps=25)
     cur = Curriculum(cfg, (0, 1), 100)
     run(cur, [1.0] * 100)  # flat from the start: advance as soon as allowed
     assert [t.step for t in cur.transitions] == [25]
 
 
 def test_state_round_trip_continues_identically() -> None:
-    cfg = CurriculumConfig(kind="ccl", schedule="adaptive", window=8)
+    cfg = CurriculumConfig(kind="ccl", schedule="adaptive", plateau_window=8)
     rewards = rising_then_flat(rise=40, flat=200, noise=0.02, seed=3)
     whole = Curriculum(cfg, (0, 1, 2, 3), 240)
     used_whole = run(whole, rewards)

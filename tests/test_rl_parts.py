@@ -381,13 +381,13 @@ def test_cli_builds_the_config() -> None:
     from finpercep.config import from_args
 
     cfg = from_args(RLConfig, ns)
-    assert (cfg.generator, cfg.reward_model, cfg.curriculum, cfg.out) == (
+    assert (cfg.generator, cfg.reward_model, cfg.curriculum.kind, cfg.out) == (
         "realesrgan-x4plus",
         "runs/rm",
         "ccl",
         "runs/x",
     )
-    assert cfg.schedule == "adaptive" and cfg.lora_rank == 4 and cfg.ema_decay == 0.99
+    assert cfg.curriculum.schedule == "adaptive" and cfg.lora_rank == 4 and cfg.ema_decay == 0.99
     assert cfg.extra_rewards == ("0.5*pyiqa:musiq",)
     assert ns.func.__name__ == "_cmd_train"
 

@@ -13,6 +13,7 @@ import torch
 from finpercep.errors import FinPercepError
 from finpercep.io import save_png
 from finpercep.rl import (
+    CurriculumConfig,
     RLConfig,
     build_generator,
     checkpoint_step,
@@ -37,7 +38,7 @@ def _train(root: Path, name: str, **kw: Any) -> tuple[RLConfig, dict[int, torch.
         **{
             "generator": "srvgg-tiny",
             "reward_model": str(root / "rm"),
-            "curriculum": "ccl",
+            "curriculum": CurriculumConfig(kind="ccl"),
             "steps": 4,
             "batch_size": 2,
             "group_size": 2,

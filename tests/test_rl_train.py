@@ -11,10 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from finpercep.config import flatten
 from finpercep.errors import FinPercepError
 from finpercep.gen import SRVGGNetCompact, load_ncnn_generator
 from finpercep.io import atomic_path, save_png
-from finpercep.rl import RLConfig, build_generator, read_log, train
+from finpercep.rl import CurriculumConfig, RLConfig, build_generator, read_log, train
 from finpercep.rl.toy import darker_reward, redder_reward, tiny_reward_model
 
 torch.set_num_threads(1)
@@ -68,7 +69,7 @@ def test_every_algorithm_and_curriculum_runs(
         assets,
         f"m_{algorithm}_{curriculum}",
         algorithm=algorithm,
-        curriculum=curriculum,
+        curriculum=CurriculumConfig(kind=curriculum),  # type: ignore[arg-type]
         tensorboard=curriculum == "ccl",
         preview=1 if curriculum == "ccl" else 0,
         # one run goes through the ``module:function`` adapter hook instead of the registry
@@ -150,9 +151,7 @@ def test_adaptive_schedule_in_a_run(assets: dict[str, Path]) -> None:
         steps=30,
         lr=1e-2,
         kl_coef=0.0,
-        schedule="adaptive",
-        plateau_window=3,
-        max_stage_steps=12,
+        curriculum=CurriculumConfig(schedule="adaptive", plateau_window=3, max_stage_steps=12),
         hr_folders=(str(assets["hr"]),),
     )
     out = train(cfg, rewards=[darker_reward, redder_reward, darker_reward])
@@ -175,7 +174,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(assets: dict[str, P
         lora_rank=2,
         ema_decay=0.5,
         degradation="realesrgan",
-        stage_steps=(3, 5),
+        curriculum=CurriculumConfig(stage_steps=(3, 5)),
     )
     whole = train(config(assets, "whole", **kw))
 
@@ -214,11 +213,15 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(assets: dict[str, P
         train(dataclasses.replace(cfg, lr=1e-4))
     saved_path = Path(cfg.out) / "rl_config.json"
     saved = json.loads(saved_path.read_text())
-    del saved["early_steps"]  # a run from before the option: it split the run evenly
+    del saved["curriculum"]["early_steps"]  # a run from before the option: it split the run evenly
     saved_path.write_text(json.dumps(saved))
     assert train(cfg) == resumed
     with pytest.raises(FinPercepError, match="different settings.*early_steps"):
-        train(dataclasses.replace(cfg, early_steps=2))
+        train(dataclasses.replace(cfg, curriculum=dataclasses.replace(cfg.curriculum, early_steps=2)))
+    saved_path.write_text(json.dumps(flatten(RLConfig, saved)))  # a run from before the nested curriculum
+    assert train(cfg) == resumed
+    with pytest.raises(FinPercepError, match=r"different settings \(stage_steps\)"):
+        train(dataclasses.replace(cfg, curriculum=CurriculumConfig(stage_steps=(2, 5))))
 
 
 def test_animevideov3_smoke(assets: dict[str, Path]) -> None:

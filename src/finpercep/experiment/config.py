@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -66,7 +66,7 @@ def row_spec(name: str) -> RowSpec:
 
 @dataclass(frozen=True)
 class RLSettings:
-    """RL settings of every RL row (fields of RLConfig; defaults tuned for the experiment)."""
+    """RL settings of every RL row (fields of RLConfig or its curriculum; the experiment's own defaults)."""
 
     algorithm: Literal["grpo", "refl"] = option("grpo", help="RL algorithm of every RL row")
     steps: int = option(300, help="RL steps of every RL row")
@@ -184,13 +184,16 @@ class HackingConfig:
     def rl_config(self, row: RowSpec, out: Path, hr_folders: Sequence[str], seed: int) -> RLConfig:
         """The :class:`~finpercep.rl.train.RLConfig` of RL row ``row``'s run with RL seed ``seed`` in ``out``,
         training on ``hr_folders``."""
+        from ..rl.curriculum import CurriculumConfig
         from ..rl.train import RLConfig
 
+        rl = to_dict(self.rl)
+        schedule = {f.name: rl.pop(f.name) for f in fields(CurriculumConfig) if f.name in rl}
         return RLConfig(
-            **to_dict(self.rl),
+            **rl,
             generator=self.generator,
             reward_model=str(self.rm_dir()),
-            curriculum=row.curriculum or "global",
+            curriculum=CurriculumConfig(kind=row.curriculum or "global", **schedule),
             save_every=self.eval_every,
             hr_folders=tuple(hr_folders),
             degradation=self.degradation,

@@ -12,9 +12,10 @@ Schedules for ``ccl``:
   ``early_steps`` steps (no longer than an even split) and the last gets the rest, and with
   ``early_steps = 0`` the run is split evenly;
 * ``adaptive`` -- advance once the current stage's per-step mean reward has plateaued and its variance
-  is stable: over the last two windows of ``window`` steps, ``|mean_2 - mean_1| <= plateau_tol * sd``
-  (``sd`` the pooled within-window standard deviation) and ``max(var) <= var_ratio * min(var)``. A stage
-  lasts at least ``max(2 * window, min_stage_steps)`` steps and, if ``max_stage_steps`` is set, at most that.
+  is stable: over the last two windows of ``plateau_window`` steps, ``|mean_2 - mean_1| <= plateau_tol * sd``
+  (``sd`` the pooled within-window standard deviation) and ``max(var) <= plateau_var_ratio * min(var)``. A
+  stage lasts at least ``max(2 * plateau_window, min_stage_steps)`` steps and, if ``max_stage_steps`` is set,
+  at most that.
 
 Steps are counted as completed steps: :meth:`Curriculum.update` is called with ``done = step + 1`` after
 a step, and a transition recorded at ``step=done`` means the stage is used from step index ``done`` on.
@@ -36,21 +37,25 @@ ScheduleKind = Literal["fixed", "adaptive"]
 
 @dataclass(frozen=True)
 class CurriculumConfig:
-    """Reward curriculum over the reward-model stages."""
+    """Reward curriculum over the reward-model stages.
+
+    Its options are named as its fields, but for ``kind``: ``--curriculum``."""
 
     kind: CurriculumKind = option(
-        "ccl", help="global = RM_0 only, full = RM_N only, ccl = RM_0 -> ... -> RM_N"
+        "ccl", help="global = RM_0, full = RM_N, ccl = RM_0 -> ... -> RM_N", flag="curriculum"
     )
-    schedule: ScheduleKind = option("fixed", help="ccl stage transitions: fixed steps or adaptive (plateau)")
+    schedule: ScheduleKind = option("fixed", help="ccl transitions: fixed steps or adaptive (reward plateau)")
     stage_steps: tuple[int, ...] = option(
         (), help="fixed: step at which each later stage starts; empty = early_steps or an even split"
     )
     early_steps: int = option(
         0, help="fixed, no stage_steps: steps of every stage but the last, at most an even split (0 = even)"
     )
-    window: int = option(20, help="adaptive: window (steps) of the plateau test")
-    plateau_tol: float = option(1.0, help="adaptive: plateau when the window-to-window mean gain <= tol * sd")
-    var_ratio: float = option(4.0, help="adaptive: variance stable when max/min window variance <= this")
+    plateau_window: int = option(20, help="adaptive: window (steps) of the plateau test")
+    plateau_tol: float = option(1.0, help="adaptive: plateau when the mean gain between windows <= tol * sd")
+    plateau_var_ratio: float = option(
+        4.0, help="adaptive: variance stable when max/min window variance <= this"
+    )
     min_stage_steps: int = option(0, help="adaptive: minimum steps per stage (at least 2 * window)")
     max_stage_steps: int | None = option(
         None, help="adaptive: advance anyway after this many steps in a stage"
@@ -70,9 +75,9 @@ class CurriculumConfig:
         check(
             list(self.stage_steps) == sorted(set(self.stage_steps)), "stage_steps must be strictly increasing"
         )
-        check(self.window >= 1, f"window must be >= 1, got {self.window}")
+        check(self.plateau_window >= 1, f"plateau_window must be >= 1, got {self.plateau_window}")
         check(self.plateau_tol >= 0, "plateau_tol must be >= 0")
-        check(self.var_ratio >= 1, "var_ratio must be >= 1")
+        check(self.plateau_var_ratio >= 1, "plateau_var_ratio must be >= 1")
         check(self.min_stage_steps >= 0, "min_stage_steps must be >= 0")
         check(
             self.max_stage_steps is None or self.max_stage_steps >= 1, "max_stage_steps must be >= 1 or none"
@@ -168,7 +173,7 @@ class Curriculum:
         if self.final:
             return None
         if self.cfg.schedule == "adaptive":
-            self.history = [*self.history, float(reward)][-2 * self.cfg.window :]
+            self.history = [*self.history, float(reward)][-2 * self.cfg.plateau_window :]
         in_stage = done - self.stage_start
         reason: str | None = None
         if self.cfg.schedule == "fixed":
@@ -179,9 +184,9 @@ class Curriculum:
         else:
             if self.cfg.max_stage_steps is not None and in_stage >= self.cfg.max_stage_steps:
                 reason = f"max_stage_steps: {in_stage} steps in RM_{self.stage} without a plateau"
-            elif in_stage >= max(2 * self.cfg.window, self.cfg.min_stage_steps):
+            elif in_stage >= max(2 * self.cfg.plateau_window, self.cfg.min_stage_steps):
                 ok, why = plateau_test(
-                    self.history, self.cfg.window, self.cfg.plateau_tol, self.cfg.var_ratio
+                    self.history, self.cfg.plateau_window, self.cfg.plateau_tol, self.cfg.plateau_var_ratio
                 )
                 if ok:
                     reason = f"plateau: {why}"

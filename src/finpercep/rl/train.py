@@ -41,11 +41,11 @@ import torch
 
 from .. import dist as D
 from ..checkpoint import check_resume, save_state
-from ..config import check, option, to_dict
+from ..config import check, flatten, option, to_dict
 from ..ema import EMA
 from ..errors import FinPercepError
 from ..io import atomic_write_json, remove_stale_temps, save_png
-from .curriculum import Curriculum, CurriculumConfig, CurriculumKind, ScheduleKind
+from .curriculum import Curriculum, CurriculumConfig
 from .data import DegradationKind, PairSource
 from .generators import AdapterOptions, GeneratorAdapter, build_adapter, export_generator
 from .logs import CSV_NAME, CURVES_NAME, RunLog, plot_curves, read_log
@@ -73,7 +73,7 @@ _RESUME_IGNORES = {
     "preview",
     "gradient_checkpointing",
 }
-# options added after runs were made, with the value that reproduces what those runs did
+# options added after runs were made, with the value that reproduces what those runs did (option names)
 _ADDED_LATER = {"early_steps": 0, "precision": "fp32", "lora": None, "vae_lora": False, "exploration": "iid"}
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -100,22 +100,8 @@ class RLConfig:
     algorithm: Algorithm = option(
         "grpo", help="grpo (policy gradient, PPO clip, KL) or refl (reward back-propagation)"
     )
-    curriculum: CurriculumKind = option("ccl", help="global = RM_0, full = RM_N, ccl = RM_0 -> ... -> RM_N")
-    schedule: ScheduleKind = option("fixed", help="ccl transitions: fixed steps or adaptive (reward plateau)")
-    stage_steps: tuple[int, ...] = option(
-        (), help="fixed: step at which each later stage starts; empty = early_steps or an even split"
-    )
-    early_steps: int = option(
-        0, help="fixed, no stage_steps: steps of every stage but the last, at most an even split (0 = even)"
-    )
-    plateau_window: int = option(20, help="adaptive: window (steps) of the plateau test")
-    plateau_tol: float = option(1.0, help="adaptive: plateau when the mean gain between windows <= tol * sd")
-    plateau_var_ratio: float = option(
-        4.0, help="adaptive: variance stable when max/min window variance <= this"
-    )
-    min_stage_steps: int = option(0, help="adaptive: minimum steps per stage (at least 2 * window)")
-    max_stage_steps: int | None = option(
-        None, help="adaptive: advance anyway after this many steps in a stage"
+    curriculum: CurriculumConfig = option(
+        default_factory=CurriculumConfig, help="reward curriculum over the RM stages"
     )
     steps: int = option(500, help="optimisation steps")
     batch_size: int = option(4, help="LR inputs per step, over all processes")
@@ -201,19 +187,9 @@ class RLConfig:
         check(self.degradation in ("realesrgan", "bicubic"), "degradation must be realesrgan or bicubic")
         check(self.preview >= 0, "preview must be >= 0")
         check(self.threads >= 0, "threads must be >= 0")
-        self.curriculum_config()
-
-    def curriculum_config(self) -> CurriculumConfig:
-        return CurriculumConfig(
-            kind=self.curriculum,
-            schedule=self.schedule,
-            stage_steps=self.stage_steps,
-            early_steps=self.early_steps,
-            window=self.plateau_window,
-            plateau_tol=self.plateau_tol,
-            var_ratio=self.plateau_var_ratio,
-            min_stage_steps=self.min_stage_steps,
-            max_stage_steps=self.max_stage_steps,
+        check(
+            isinstance(self.curriculum, CurriculumConfig),
+            f"curriculum must be a CurriculumConfig (e.g. kind='ccl'), not {self.curriculum!r}",
         )
 
 
@@ -293,7 +269,13 @@ class _Run:
 def _prepare_output(d: D.Dist, cfg: RLConfig) -> Path:
     """Refuse an ``out`` with another run's settings; write the config of a new run."""
     out = Path(cfg.out)
-    resuming = check_resume(out / CONFIG_NAME, cfg, ignore=_RESUME_IGNORES, added_later=_ADDED_LATER)
+    resuming = check_resume(
+        out / CONFIG_NAME,
+        cfg,
+        ignore=_RESUME_IGNORES,
+        added_later=_ADDED_LATER,
+        layout=lambda saved: flatten(RLConfig, saved),
+    )
     if d.main and resuming and (stale := remove_stale_temps(out)):
         logger.info("removed %d partial file(s) that a killed run left in %s", stale, out)
     D.barrier(d)
@@ -476,7 +458,7 @@ def train(
     out = _prepare_output(d, cfg)
     policy, ref, params, opt, ema = _build_policy(d, cfg)
     reward_for, stages = _stage_rewards(cfg, d.device, rewards)
-    curriculum = Curriculum(cfg.curriculum_config(), stages, cfg.steps)
+    curriculum = Curriculum(cfg.curriculum, stages, cfg.steps)
     data = PairSource(
         policy.scale, cfg.lr_size, cfg.seed, cfg.hr_folders, cfg.paired_lr, cfg.paired_hr, cfg.degradation
     )
@@ -485,8 +467,8 @@ def train(
     log = RunLog(out, run.step, enabled=d.main, tensorboard=cfg.tensorboard)
     logger.info(
         "curriculum %s/%s over RM stages %s; starting with RM_%d",
-        cfg.curriculum,
-        cfg.schedule,
+        cfg.curriculum.kind,
+        cfg.curriculum.schedule,
         list(curriculum.order),
         curriculum.stage,
     )
