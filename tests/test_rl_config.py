@@ -24,8 +24,9 @@ FLAT_DEFAULTS: dict[str, Any] = {
     "stage_steps": [], "early_steps": 0, "plateau_window": 20, "plateau_tol": 1.0, "plateau_var_ratio": 4.0,
     "min_stage_steps": 0, "max_stage_steps": None, "steps": 500, "batch_size": 4, "group_size": 4,
     "ppo_epochs": 1, "lr": 1e-05, "weight_decay": 0.0, "clip_eps": 0.2, "kl_coef": 0.05, "policy_std": 0.05,
-    "learn_std": False, "exploration": "iid", "fidelity_weight": 1.0, "lora_rank": 0, "lora_alpha": None,
-    "lora": None, "vae_lora": False, "precision": "fp32", "gradient_checkpointing": False, "ema_decay": None,
+    "learn_std": False, "exploration": "antithetic", "fidelity_weight": 1.0, "lora_rank": 0,
+    "lora_alpha": None, "lora": None, "vae_lora": False, "precision": "fp32", "gradient_checkpointing": False,
+    "ema_decay": None,
     "grad_clip": 1.0, "save_every": 50, "lr_size": 64, "hr_folders": [], "paired_lr": None, "paired_hr": None,
     "degradation": "realesrgan", "seed": 0, "out": "runs/rl", "num_processes": 1, "device": "cpu",
     "threads": 0, "tensorboard": True, "preview": 4, "progress": True,
@@ -82,10 +83,13 @@ def test_a_flat_rl_config_loads_as_todays_defaults(tmp_path: Path) -> None:
     )
     nested = json.loads(json.dumps(to_dict(RLConfig())))
     assert nested["curriculum"]["kind"] == "ccl" and from_dict(RLConfig, nested) == RLConfig()
-    old = {k: v for k, v in FLAT_DEFAULTS.items() if k not in ("early_steps", "exploration")}
-    assert from_dict(RLConfig, old) == RLConfig()  # from before those options: their defaults
+    assert from_dict(RLConfig, {k: v for k, v in FLAT_DEFAULTS.items() if k != "early_steps"}) == RLConfig()
     (tmp_path / CONFIG_NAME).write_text(json.dumps(FLAT_DEFAULTS))
     assert run_config(tmp_path) == RLConfig()  # rl.policy reads the flat file of an old run
+    (tmp_path / CONFIG_NAME).write_text(
+        json.dumps({k: v for k, v in FLAT_DEFAULTS.items() if k != "exploration"})
+    )
+    assert run_config(tmp_path) == RLConfig(exploration="iid")  # a run from before the option explored iid
     with pytest.raises(FinPercepError, match="set twice"):
         from_dict(RLConfig, {**nested, "plateau_window": 3})
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from ..config import from_dict
+from ..config import flatten, from_dict
 from ..errors import FinPercepError
 from .data import PairSource
 from .generators import EXPORT_META, GeneratorAdapter, build_adapter
 from .lora import apply_lora
 from .rewards import StagedRMRewards
-from .train import CONFIG_NAME, STATE_NAME, RLConfig, adapter_options, noise_generators
+from .train import _ADDED_LATER, CONFIG_NAME, STATE_NAME, RLConfig, adapter_options, noise_generators
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -34,11 +34,12 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 def run_config(run_dir: str | Path) -> RLConfig:
-    """The :class:`~.train.RLConfig` an RL output folder was trained with (its ``rl_config.json``)."""
+    """The :class:`~.train.RLConfig` an RL output folder was trained with (its ``rl_config.json``, in either
+    layout; options the run predates take the values it ran with)."""
     path = Path(run_dir) / CONFIG_NAME
     if not is_run_dir(run_dir):
         raise FinPercepError(f"{run_dir}: not an RL output folder (no {CONFIG_NAME})")
-    return from_dict(RLConfig, json.loads(path.read_text()))
+    return from_dict(RLConfig, {**_ADDED_LATER, **flatten(RLConfig, json.loads(path.read_text()))})
 
 
 def checkpoint_step(run_dir: str | Path) -> int:
