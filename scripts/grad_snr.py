@@ -149,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="*", default=None, help="variant names to run")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the rounding depends on it)")
     p.add_argument("--out", type=Path, required=True)
     ns = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(ns.seed)
+    torch.set_num_threads(ns.threads)
     rows = []
     for v in VARIANTS:
         if ns.only is None or v.name in ns.only:
