@@ -9,7 +9,7 @@ Steps (each resumable: re-running the same command continues where a killed run 
     OUT/experiment/      4. RL from the same pretrained generator: baseline, global reward (RM_0),
                             FinPercep-RM + CCL; evaluation on held-out photos; report/report.html
 
-The ``full`` preset is the README's main job (three RL seeds a row; about 10 minutes on 2 CPU cores);
+The ``full`` preset is the README's main job (three RL seeds a row; 22 min measured on 2 shared CPU cores);
 ``quick`` is a smoke run of every step at toy scale (under a minute), whose numbers mean nothing.
 
 The same seed gives the same table, byte for byte, whatever the output folder, the number of ``workers``
